@@ -1,0 +1,1 @@
+"""DuckDB views, stats, the flow visualizer, preview and reports."""

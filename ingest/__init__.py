@@ -1,0 +1,1 @@
+"""Sources, inventory, enrichment, aggregation and the Parquet store."""

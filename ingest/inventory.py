@@ -1,0 +1,204 @@
+"""The cluster inventory, from what ``kubectl get namespaces,pods,services,serviceaccounts -A
+-o json`` prints: a ``kind: List`` of Namespace, Pod, Service and ServiceAccount objects.
+
+Pure: :meth:`Inventory.from_text` takes the text; the CLI reads files. Pods become
+:class:`policy.endpoints.Endpoint` values (labels, IPs from ``status.podIP``/``podIPs``, named
+container ports, service account, ``generateName``); host-network pods are not Calico workload
+endpoints and are left out, as Calico leaves them out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from policy import DocumentError, Endpoint, FieldReader, LabelSet, NamedPortDef
+from policy.endpoints import IpAddress
+from policy.rules import protocol_number
+
+__all__ = ["Inventory", "InventoryError", "Service", "ServicePort"]
+
+
+class InventoryError(DocumentError):
+    """An inventory object that is not what Kubernetes would print."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: int
+    target_port: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    cluster_ips: tuple[IpAddress, ...]
+    ports: tuple[ServicePort, ...]
+    selector: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    namespaces: Mapping[str, LabelSet] = field(default_factory=dict)
+    endpoints: tuple[Endpoint, ...] = ()
+    services: tuple[Service, ...] = ()
+    owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # pod → (kind, name)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Inventory:
+        try:
+            data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise InventoryError(source, None, "", str(e).splitlines()[0],
+                                 "is not valid JSON or YAML (expected kubectl get -o json output)")
+        items = data if isinstance(data, list) else (data or {}).get("items", [data])
+        return cls.from_objects(items, source)
+
+    @classmethod
+    def from_objects(cls, items: Iterable[Any], source: str = "<string>") -> Inventory:
+        by_kind: dict[str, list[tuple[FieldReader, Mapping[str, Any]]]] = {}
+        for i, obj in enumerate(items):
+            r = FieldReader(source, None, f"items[{i}].")
+            m = r.mapping(obj, "")
+            kind = r.enum(m.get("kind"), "kind", ("Namespace", "Pod", "Service", "ServiceAccount"))
+            by_kind.setdefault(kind, []).append((r, m))
+        namespaces = {name: LabelSet(labels) for name, labels in
+                      (_namespace(r, m) for r, m in by_kind.get("Namespace", []))}
+        sas = {key: labels for key, labels in
+               (_service_account(r, m) for r, m in by_kind.get("ServiceAccount", []))}
+        endpoints, owners = [], {}
+        for r, m in by_kind.get("Pod", []):
+            ep, owner = _pod(r, m, namespaces, sas)
+            if ep is not None:
+                endpoints.append(ep)
+                if owner:
+                    owners[ep.identity] = owner
+        services = tuple(_service(r, m) for r, m in by_kind.get("Service", []))
+        return cls(namespaces, tuple(endpoints), services, owners)
+
+    def merged(self, other: Inventory) -> Inventory:
+        """Union of two snapshots; the later one (``other``) wins for the same object."""
+        eps = {e.identity: e for e in self.endpoints} | {e.identity: e for e in other.endpoints}
+        svcs = {(s.namespace, s.name): s for s in self.services} | {
+            (s.namespace, s.name): s for s in other.services}
+        return Inventory({**self.namespaces, **other.namespaces}, tuple(eps.values()),
+                         tuple(svcs.values()), {**self.owners, **other.owners})
+
+    def endpoint(self, identity: str) -> Endpoint | None:
+        return self._by_name.get(identity)
+
+    def endpoint_for_ip(self, ip: IpAddress) -> Endpoint | None:
+        return self._by_ip.get(ip)
+
+    def services_for_ip(self, ip: IpAddress) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if ip in s.cluster_ips)
+
+    @property
+    def _by_name(self) -> dict[str, Endpoint]:
+        cache = self.__dict__.get("_by_name_cache")
+        if cache is None:
+            cache = {e.identity: e for e in self.endpoints}
+            object.__setattr__(self, "_by_name_cache", cache)
+        return cache
+
+    @property
+    def _by_ip(self) -> dict[IpAddress, Endpoint]:
+        cache = self.__dict__.get("_by_ip_cache")
+        if cache is None:
+            cache = {ip: e for e in self.endpoints for ip in e.ips}
+            object.__setattr__(self, "_by_ip_cache", cache)
+        return cache
+
+
+def _meta(r: FieldReader, m: Mapping[str, Any], namespaced: bool) -> Mapping[str, Any]:
+    meta = r.mapping(m.get("metadata"), "metadata")
+    r.string(meta.get("name"), "metadata.name", required=True)
+    if namespaced:
+        r.string(meta.get("namespace"), "metadata.namespace", required=True)
+    return meta
+
+
+def _namespace(r: FieldReader, m: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    meta = _meta(r, m, namespaced=False)
+    labels = dict(r.labels(meta.get("labels"), "metadata.labels"))
+    # Kubernetes (1.21+) always sets this label; older snapshots may lack it.
+    labels.setdefault("kubernetes.io/metadata.name", meta["name"])
+    return meta["name"], labels
+
+
+def _service_account(r: FieldReader, m: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str],
+                                                                                 ...]]:
+    meta = _meta(r, m, namespaced=True)
+    return f"{meta['namespace']}/{meta['name']}", r.labels(meta.get("labels"), "metadata.labels")
+
+
+def _ip(r: FieldReader, value: object, path: str) -> IpAddress:
+    try:
+        return ipaddress.ip_address(r.string(value, path, required=True) or "")
+    except ValueError as e:
+        raise r.fail(path, value, "must be an IPv4 or IPv6 address") from e
+
+
+def _pod(r: FieldReader, m: Mapping[str, Any], namespaces: Mapping[str, LabelSet],
+         sas: Mapping[str, tuple[tuple[str, str], ...]]) -> tuple[Endpoint | None,
+                                                                  tuple[str, str] | None]:
+    meta = _meta(r, m, namespaced=True)
+    spec = r.mapping(m.get("spec"), "spec")
+    status = r.mapping(m.get("status"), "status")
+    if spec.get("hostNetwork"):
+        return None, None
+    ips = [_ip(r, p.get("ip"), f"status.podIPs[{i}].ip")
+           for i, p in enumerate(r.sequence(status.get("podIPs"), "status.podIPs"))]
+    if not ips and status.get("podIP"):
+        ips = [_ip(r, status["podIP"], "status.podIP")]
+    ns, sa = meta["namespace"], spec.get("serviceAccountName") or "default"
+    ports = []
+    for ci, c in enumerate(r.sequence(spec.get("containers"), "spec.containers")):
+        for pi, p in enumerate(r.sequence(r.mapping(c, f"spec.containers[{ci}]").get("ports"),
+                                          f"spec.containers[{ci}].ports")):
+            path = f"spec.containers[{ci}].ports[{pi}]"
+            pm = r.mapping(p, path)
+            if pm.get("name"):
+                proto = protocol_number(pm.get("protocol", "TCP"))
+                if proto is None:
+                    raise r.fail(f"{path}.protocol", pm.get("protocol"), "must be TCP, UDP or SCTP")
+                ports.append(NamedPortDef(pm["name"], proto,
+                                          r.integer(pm.get("containerPort"), f"{path}.containerPort",
+                                                    1, 65535)))
+    owners = r.sequence(meta.get("ownerReferences"), "metadata.ownerReferences")
+    owner = (owners[0].get("kind"), owners[0].get("name")) if owners else None
+    return Endpoint(
+        namespace=ns, name=meta["name"],
+        labels=r.labels(meta.get("labels"), "metadata.labels"),
+        service_account=sa,
+        namespace_labels=tuple(sorted(namespaces.get(ns, LabelSet(
+            {"kubernetes.io/metadata.name": ns})).items())),
+        service_account_labels=sas.get(f"{ns}/{sa}", ()),
+        named_ports=tuple(sorted(ports)), ips=tuple(ips),
+        generate_name=meta.get("generateName"),
+    ), owner
+
+
+def _service(r: FieldReader, m: Mapping[str, Any]) -> Service:
+    meta = _meta(r, m, namespaced=True)
+    spec = r.mapping(m.get("spec"), "spec")
+    ips = [v for v in r.sequence(spec.get("clusterIPs"), "spec.clusterIPs")] or (
+        [spec["clusterIP"]] if spec.get("clusterIP") else [])
+    cluster_ips = tuple(_ip(r, v, "spec.clusterIPs") for v in ips if v != "None")
+    ports = []
+    for i, p in enumerate(r.sequence(spec.get("ports"), "spec.ports")):
+        pm = r.mapping(p, f"spec.ports[{i}]")
+        port = r.integer(pm.get("port"), f"spec.ports[{i}].port", 1, 65535)
+        ports.append(ServicePort(pm.get("name") or "", port,
+                                 protocol_number(pm.get("protocol", "TCP")) or 6,
+                                 pm.get("targetPort", port)))
+    return Service(meta["namespace"], meta["name"], cluster_ips, tuple(ports),
+                   r.labels(spec.get("selector"), "spec.selector"))

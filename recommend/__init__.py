@@ -1,0 +1,1 @@
+"""Least-privilege policy recommendation from observed flows."""

@@ -1,0 +1,1 @@
+"""The tierflow command line, configuration and batch jobs."""
