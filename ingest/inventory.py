@@ -55,10 +55,12 @@ class Inventory:
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:
         try:
-            data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
+            is_json = text.lstrip().startswith(("{", "["))
+            data = json.loads(text) if is_json else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
             raise InventoryError(source, None, "", str(e).splitlines()[0],
-                                 "is not valid JSON or YAML (expected kubectl get -o json output)")
+                                 "is not valid JSON or YAML (expected kubectl get -o json output)"
+                                 ) from e
         items = data if isinstance(data, list) else (data or {}).get("items", [data])
         return cls.from_objects(items, source)
 
@@ -72,8 +74,7 @@ class Inventory:
             by_kind.setdefault(kind, []).append((r, m))
         namespaces = {name: LabelSet(labels) for name, labels in
                       (_namespace(r, m) for r, m in by_kind.get("Namespace", []))}
-        sas = {key: labels for key, labels in
-               (_service_account(r, m) for r, m in by_kind.get("ServiceAccount", []))}
+        sas = dict(_service_account(r, m) for r, m in by_kind.get("ServiceAccount", []))
         endpoints, owners = [], {}
         for r, m in by_kind.get("Pod", []):
             ep, owner = _pod(r, m, namespaces, sas)
@@ -169,10 +170,10 @@ def _pod(r: FieldReader, m: Mapping[str, Any], namespaces: Mapping[str, LabelSet
             if pm.get("name"):
                 proto = protocol_number(pm.get("protocol", "TCP"))
                 if proto is None:
-                    raise r.fail(f"{path}.protocol", pm.get("protocol"), "must be TCP, UDP or SCTP")
-                ports.append(NamedPortDef(pm["name"], proto,
-                                          r.integer(pm.get("containerPort"), f"{path}.containerPort",
-                                                    1, 65535)))
+                    raise r.fail(f"{path}.protocol", pm.get("protocol"),
+                                 "must be TCP, UDP or SCTP")
+                number = r.integer(pm.get("containerPort"), f"{path}.containerPort", 1, 65535)
+                ports.append(NamedPortDef(pm["name"], proto, number))
     owners = r.sequence(meta.get("ownerReferences"), "metadata.ownerReferences")
     owner = (owners[0].get("kind"), owners[0].get("name")) if owners else None
     return Endpoint(
@@ -190,7 +191,7 @@ def _pod(r: FieldReader, m: Mapping[str, Any], namespaces: Mapping[str, LabelSet
 def _service(r: FieldReader, m: Mapping[str, Any]) -> Service:
     meta = _meta(r, m, namespaced=True)
     spec = r.mapping(m.get("spec"), "spec")
-    ips = [v for v in r.sequence(spec.get("clusterIPs"), "spec.clusterIPs")] or (
+    ips = list(r.sequence(spec.get("clusterIPs"), "spec.clusterIPs")) or (
         [spec["clusterIP"]] if spec.get("clusterIP") else [])
     cluster_ips = tuple(_ip(r, v, "spec.clusterIPs") for v in ips if v != "None")
     ports = []

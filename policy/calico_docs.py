@@ -32,7 +32,8 @@ __all__ = [
     "validate_name",
 ]
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _META_FIELDS = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion",
                 "creationTimestamp", "generation", "managedFields", "ownerReferences",
                 "finalizers", "generateName", "deletionTimestamp", "selfLink")
@@ -48,8 +49,8 @@ def validate_name(r: FieldReader, name: object, path: str = "metadata.name") -> 
     return text
 
 
-def read_metadata(r: FieldReader, doc: Mapping[str, Any], namespaced: bool) -> tuple[str, str | None,
-                                                                              Mapping[str, Any]]:
+def read_metadata(r: FieldReader, doc: Mapping[str, Any],
+                  namespaced: bool) -> tuple[str, str | None, Mapping[str, Any]]:
     meta = r.mapping(doc.get("metadata"), "metadata", _META_FIELDS)
     name = validate_name(r, meta.get("name"))
     namespace = None

@@ -6,8 +6,9 @@ network-set member), with what is known of it (port, DNS names, services).
 
 Selectors see an endpoint's labels plus the labels Calico adds (``reference/calico.md`` §4)::
 
-    projectcalico.org/namespace, projectcalico.org/orchestrator, projectcalico.org/serviceaccount,
-    pcns.<namespace label>, pcns.projectcalico.org/name, pcsa.<sa label>, pcsa.projectcalico.org/name
+    projectcalico.org/namespace, projectcalico.org/orchestrator,
+    projectcalico.org/serviceaccount, pcns.<namespace label>, pcns.projectcalico.org/name,
+    pcsa.<sa label>, pcsa.projectcalico.org/name
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class Endpoint:
     ips: tuple[IpAddress, ...] = ()
     generate_name: str | None = None
     _selector_labels: LabelSet | None = field(default=None, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        # Endpoints key the evaluator's caches; hash the identity and labels only (equal
+        # endpoints still hash equal) so that a lookup does not walk every field.
+        return hash((self.namespace, self.name, self.labels))
 
     @property
     def selector_labels(self) -> LabelSet:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from policy.compile import CompiledEntity, CompiledPolicy, CompiledRule, compile_policy
+from policy.domains import DomainPattern
 from policy.endpoints import KIND, NAME, NAMESPACE, LabelSet, Peer
 from policy.model import Action, Direction, NamedPort, NetworkSet, Policy, Tier
 from policy.policyset import PolicySet
@@ -129,6 +130,8 @@ class Evaluator:
                                                       policy_set.pending()])
         self._sets = tuple(_SetInfo(_set_labels(s, namespaces or {}), s)
                            for s in policy_set.network_sets)
+        self.views_identical = policy_set.enforced() == policy_set.pending()
+        self._index = {False: _PolicyIndex(self._enforced), True: _PolicyIndex(self._pending)}
         self._applicable: dict[tuple[int, LabelSet, Direction], _View] = {}
         self._sel_cache: dict[tuple[Selector, LabelSet], bool] = {}
         self._peer_sets: dict[tuple[object, ...], tuple[tuple[LabelSet, ...], tuple[LabelSet,
@@ -153,6 +156,7 @@ class Evaluator:
         )
 
     def direction(self, flow: Flow, direction: Direction, *, pending: bool) -> DirectionVerdict:
+        """The verdict and trace at the policed end of ``flow`` for one direction."""
         local = flow.src if direction is Direction.EGRESS else flow.dst
         if local.endpoint is None:
             return _UNPOLICED
@@ -167,10 +171,11 @@ class Evaluator:
         found = self._applicable.get(key)
         if found is None:
             view = self._pending if pending else self._enforced
+            candidates = self._index[pending].candidates(labels)
             found = tuple(
                 (tier, sel) for tier, policies in view
-                if (sel := tuple(cp for cp in policies
-                                 if cp.selects(direction) and cp.applies_to.matches(labels)))
+                if (sel := tuple(cp for cp in policies if id(cp) in candidates
+                                 and cp.selects(direction) and cp.applies_to.matches(labels)))
             )
             self._applicable[key] = found
         return found
@@ -299,15 +304,36 @@ class Evaluator:
         return found
 
 
-def _domain_allowed(s: NetworkSet, domains: frozenset[str]) -> bool:
-    from policy.domains import DomainPattern
+class _PolicyIndex:
+    """Policies indexed by a ``label == value`` their selector requires, so that finding the
+    policies of an endpoint tests a handful of selectors, not all of them."""
 
+    def __init__(self, view: _View) -> None:
+        self.always: set[int] = set()
+        self.by_pair: dict[tuple[str, str], set[int]] = {}
+        for _, policies in view:
+            for cp in policies:
+                required = cp.applies_to.required_equalities()
+                if not required:
+                    self.always.add(id(cp))
+                else:  # any one required pair is enough to index by; take the rarest-looking
+                    pair = min(required)
+                    self.by_pair.setdefault(pair, set()).add(id(cp))
+
+    def candidates(self, labels: LabelSet) -> set[int]:
+        out = set(self.always)
+        for pair in labels.items():
+            out |= self.by_pair.get(pair, set())
+        return out
+
+
+def _domain_allowed(s: NetworkSet, domains: frozenset[str]) -> bool:
     return any(DomainPattern(p).matches(d) for p in s.allowed_egress_domains for d in domains)
 
 
 def _icmp(rule: CompiledRule, flow: Flow) -> bool | None:
     if flow.protocol not in _ICMP:
-        return False if rule.icmp is not None else True
+        return rule.icmp is None
     for match, negate in ((rule.icmp, False), (rule.not_icmp, True)):
         if match is None:
             continue

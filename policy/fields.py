@@ -1,10 +1,8 @@
 """Typed reads from parsed documents, failing with file, document, field path, value, expected.
 
 >>> r = FieldReader("p.yaml", 3)
->>> r.enum("TCPP", "spec.ingress[0].protocol", ("TCP", "UDP"))
-Traceback (most recent call last):
-...
-policy.errors.DocumentError: p.yaml doc 3: spec.ingress[0].protocol must be one of TCP, UDP (got 'TCPP')
+>>> str(r.fail("spec.ingress[0].protocol", "TCPP", "must be one of TCP, UDP"))
+"p.yaml doc 3: spec.ingress[0].protocol must be one of TCP, UDP (got 'TCPP')"
 """
 
 from __future__ import annotations
@@ -110,7 +108,7 @@ class FieldReader:
                             f"{e.position}") from e
 
     def cidr(self, value: object, path: str) -> IpNet:
-        text = self.string(value, path, required=True)
+        text = self.string(value, path, required=True) or ""
         try:
             # Like Go's ParseCIDR, host bits are allowed and dropped: 10.0.1.1/4 is 0.0.0.0/4.
             # A bare address is a /32 or /128, as Calico accepts it.

@@ -16,6 +16,7 @@ index in a flow-log hit string refers to the *converted* rule list:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from policy.calico_docs import read_metadata, read_types
@@ -63,7 +64,8 @@ def label_selector(r: FieldReader, value: object, path: str, *, pod: bool) -> Se
     try:
         return parse_selector(" && ".join(parts))
     except ValueError as e:
-        raise r.fail(path, value, f"must use label keys and values Calico can select on ({e})")
+        raise r.fail(path, value,
+                     f"must use label keys and values Calico can select on ({e})") from e
 
 
 def _expression(r: FieldReader, value: object, path: str) -> str:
@@ -172,8 +174,6 @@ def _convert_rule(r: FieldReader, value: object, path: str, direction: Direction
 
 
 def _merge(peer: EntityRule, ports: tuple[Port, ...]) -> EntityRule:
-    from dataclasses import replace
-
     return replace(peer, ports=ports)
 
 

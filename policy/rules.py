@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from policy.domains import validate_domain
@@ -167,14 +168,10 @@ def read_rule(
 
 
 def _with_dst_service(rule: Rule, svc: ServiceMatch) -> Rule:
-    from dataclasses import replace
-
     return replace(rule, destination=replace(rule.destination, services=svc))
 
 
 def _with_src_service(rule: Rule, svc: ServiceMatch) -> Rule:
-    from dataclasses import replace
-
     return replace(rule, source=replace(rule.source, services=svc))
 
 
@@ -199,7 +196,8 @@ def _check_rule(
     if rule.http and (rule.action is not Action.ALLOW or rule.protocol not in (None, 6)):
         raise r.fail(f"{path}.http", raw.get("http"),
                      "is only allowed on Allow rules with protocol TCP or no protocol")
-    versions = {n.version for e in (rule.source, rule.destination) for n in e.nets + e.not_nets}
+    versions: set[int] = {n.version for e in (rule.source, rule.destination)
+                          for n in e.nets + e.not_nets}
     if rule.ip_version is not None:
         versions.add(rule.ip_version)
     if len(versions) > 1:

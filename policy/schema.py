@@ -53,7 +53,7 @@ def _validator(api: str, kind: str) -> jsonschema.protocols.Validator | None:
     else:
         return None
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    return cls(_to_json_schema(schema))  # type: ignore[no-any-return]
+    return cls(_to_json_schema(schema))
 
 
 def _crd_schema(kind: str) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class _Token:
     value: str = ""
 
 
-_PUNCT = {"(": _Kind.LPAREN, ")": _Kind.RPAREN, "{": _Kind.LBRACE, "}": _Kind.RBRACE, ",": _Kind.COMMA}
+_PUNCT = {"(": _Kind.LPAREN, ")": _Kind.RPAREN, "{": _Kind.LBRACE, "}": _Kind.RBRACE,
+          ",": _Kind.COMMA}
 _PAIRS = {"==": _Kind.EQ, "&&": _Kind.AND, "||": _Kind.OR}
 # Operators after a label, tried in upstream's order; each is a sequence of words that may be
 # separated by whitespace (so "notin" and "not in" are the same), ending on a word boundary.
@@ -477,6 +478,13 @@ class Selector:
         names: set[str] = set()
         _walk(self._root, lambda n: names.add(n.label) if hasattr(n, "label") else None)
         return frozenset(names)
+
+    def required_equalities(self) -> frozenset[tuple[str, str]]:
+        """``(label, value)`` pairs every match must have (top-level ``==`` terms of an AND):
+        a cheap pre-filter to index many selectors by."""
+        ops = self._root.operands if isinstance(self._root, _And) else (self._root,)
+        return frozenset((op.label, op.value) for op in ops
+                         if isinstance(op, _Compare) and op.op == "==")
 
     def prefixed(self, prefix: str) -> Selector:
         """Every label name prefixed, as Calico's ``PrefixVisitor`` does (``pcns.``, ``pcsa.``)."""

@@ -7,7 +7,8 @@ import copy
 from typing import Any
 
 
-def kubectl_list(cluster: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def kubectl_list(cluster: dict[str, Any],
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     cluster = copy.deepcopy(cluster)
     for kind, objs in (overrides or {}).items():
         for name, patch in objs.items():

@@ -1,0 +1,161 @@
+"""Batch evaluator throughput: flow records per second against 10, 100 and 1,000 policies.
+
+Generates a cluster (namespaces, workloads with app/team/fw-zone labels), a tiered policy set
+of the requested size (GlobalNetworkPolicies in a security tier with Pass, namespace
+NetworkPolicies allowing named peers on ports, Kubernetes NetworkPolicies), and flow-log
+rows aggregated per replica-set prefix (level 2) with realistic key cardinality; then times,
+in one process run and on one core (POLARS_MAX_THREADS=1):
+
+* tierflow's batch evaluator over the whole table, and
+* the per-row reference path (``Evaluator.evaluate`` for each row, what a user scripting a
+  loop over ``flows.log`` would write), on a sample, as the peer the ratio is against.
+
+Usage: ``python bench/bench_evaluator.py [--rows 10000000] [--policies 10 100 1000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+
+import numpy as np
+import pyarrow as pa
+
+from policy import Evaluator, PolicySet, load_text
+from policy.batch import BatchEvaluator
+
+NAMESPACES = 50
+WORKLOADS = 1000
+PORTS = np.array([80, 443, 8080, 5432, 6379, 9090, 53], dtype=np.int32)
+
+
+def cluster(seed: int = 7) -> tuple[list[tuple[str, str, dict[str, str]]], dict[str, dict]]:
+    rng = random.Random(seed)
+    namespaces = {f"ns{i}": {"team": f"team{i % 10}", "env": rng.choice(["prod", "dev"])}
+                  for i in range(NAMESPACES)}
+    workloads = []
+    for w in range(WORKLOADS):
+        ns = f"ns{w % NAMESPACES}"
+        labels = {"app": f"app{w}", "tier": rng.choice(["web", "api", "db"]),
+                  "fw-zone": rng.choice(["dmz", "trusted", "restricted"])}
+        workloads.append((ns, f"app{w}-{w:08x}-*", labels))
+    return workloads, namespaces
+
+
+def policies(n: int, workloads: list[tuple[str, str, dict[str, str]]]) -> str:
+    rng = random.Random(n)
+    docs = ["apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\n"
+            "spec: {order: 100}\n",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n"
+            "metadata: {name: security.pass}\nspec:\n  tier: security\n  order: 10000\n"
+            "  selector: all()\n  types: [Ingress, Egress]\n  ingress: [{action: Pass}]\n"
+            "  egress: [{action: Pass}]\n"]
+    for i in range(n - 1):
+        ns, _, labels = rng.choice(workloads)
+        peer = rng.choice(workloads)[2]
+        port = int(rng.choice(PORTS))
+        if i % 10 == 0:
+            docs.append(
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n"
+                f"metadata: {{name: security.quarantine-{i}}}\nspec:\n  tier: security\n"
+                f"  order: {i}\n  selector: quarantine == 'q{i}' || app == '{labels['app']}-x'\n"
+                "  types: [Ingress]\n  ingress: [{action: Deny}]\n")
+        elif i % 3 == 0:
+            docs.append(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                f"metadata: {{name: knp-{i}, namespace: {ns}}}\nspec:\n"
+                f"  podSelector: {{matchLabels: {{app: {labels['app']}}}}}\n"
+                f"  ingress: [{{from: [{{podSelector: {{matchLabels: {{tier: {peer['tier']}}}}},"
+                f" namespaceSelector: {{}}}}], ports: [{{port: {port}}}]}}]\n")
+        else:
+            docs.append(
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n"
+                f"metadata: {{name: default.np-{i}, namespace: {ns}}}\nspec:\n  order: {i}\n"
+                f"  selector: app == '{labels['app']}' && fw-zone in {{'dmz', 'trusted'}}\n"
+                "  types: [Ingress, Egress]\n"
+                f"  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {{selector: "
+                f"\"fw-zone == '{peer['fw-zone']}'\", namespaceSelector: all()}}\n"
+                f"    destination: {{ports: [{port}]}}\n"
+                "  egress:\n  - action: Allow\n    protocol: UDP\n    destination: {ports: [53]}\n"
+                "  - action: Allow\n    destination: {nets: [10.0.0.0/8]}\n")
+    return "---\n".join(docs)
+
+
+def flows(rows: int, workloads: list[tuple[str, str, dict[str, str]]], seed: int = 3) -> pa.Table:
+    """Level-2 aggregated rows: ~40 talkers per workload, a few ports each, src and dst."""
+    rng = np.random.default_rng(seed)
+    pairs = np.stack([rng.integers(0, WORKLOADS, 40_000), rng.integers(0, WORKLOADS, 40_000)], 1)
+    pick = rng.integers(0, len(pairs), rows)
+    src, dst = pairs[pick, 0], pairs[pick, 1]
+    port = PORTS[(pick * 7 + rng.integers(0, 2, rows)) % len(PORTS)]
+    reporter = rng.integers(0, 2, rows).astype(np.int32)
+    names = pa.array([w[1] for w in workloads])
+    nss = pa.array([w[0] for w in workloads])
+    labels = pa.array([w[2] for w in workloads], type=pa.map_(pa.string(), pa.string()))
+
+    def d(values: pa.Array, idx: np.ndarray) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), values)
+
+    const = lambda v: pa.DictionaryArray.from_arrays(  # noqa: E731
+        pa.array(np.zeros(rows, dtype=np.int32)), pa.array([v]))
+    null_s = pa.nulls(rows, pa.string())
+    return pa.table({
+        "reporter": pa.DictionaryArray.from_arrays(pa.array(reporter), pa.array(["src", "dst"])),
+        "proto": const("tcp"),
+        "dest_domains": pa.nulls(rows, pa.list_(pa.string())),
+        "dest_service_namespace": const("-"), "dest_service_name": const("-"),
+        "source_type": const("wep"), "source_namespace": d(nss, src), "source_name": const("-"),
+        "source_name_aggr": d(names, src), "source_labels": labels.take(pa.array(src)),
+        "source_ip": null_s, "source_port": pa.nulls(rows, pa.int32()),
+        "dest_type": const("wep"), "dest_namespace": d(nss, dst), "dest_name": const("-"),
+        "dest_name_aggr": d(names, dst), "dest_labels": labels.take(pa.array(dst)),
+        "dest_ip": null_s, "dest_port": pa.array(port),
+        "packets_in": pa.array(rng.integers(1, 100, rows)),
+    })
+
+
+def run(rows: int, sizes: list[int], sample: int) -> list[dict[str, float]]:
+    workloads, namespaces = cluster()
+    t0 = time.perf_counter()
+    table = flows(rows, workloads)
+    print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    results = []
+    for n in sizes:
+        ps = PolicySet.from_documents(load_text(policies(n, workloads), f"bench-{n}"))
+        batch = BatchEvaluator(Evaluator(ps, namespaces), namespaces=namespaces)
+        t0 = time.perf_counter()
+        res = batch.evaluate(table)
+        dt = time.perf_counter() - t0
+        # The peer: one reference evaluation per row, on a sample.
+        ref = BatchEvaluator(Evaluator(ps, namespaces), namespaces=namespaces)
+        sample_rows = table.slice(0, sample).to_pylist()
+        t1 = time.perf_counter()
+        for row in sample_rows:
+            ref._evaluate_row(row)
+        dt_ref = (time.perf_counter() - t1) / sample
+        rate = rows / dt
+        results.append({"policies": len(ps.policies), "rows": rows, "keys": res.keys,
+                        "seconds": dt, "rows_per_s": rate, "per_row_rows_per_s": 1 / dt_ref,
+                        "ratio": rate * dt_ref})
+        print(f"{len(ps.policies):>5} policies: {rows:,} rows, {res.keys:,} distinct keys, "
+              f"{dt:.2f}s = {rate / 1e6:.2f} M rows/s; per-row reference "
+              f"{1 / dt_ref:,.0f} rows/s; ratio x{rate * dt_ref:,.0f}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--policies", type=int, nargs="+", default=[10, 100, 500, 1000])
+    ap.add_argument("--sample", type=int, default=20_000)
+    args = ap.parse_args()
+    run(args.rows, args.policies, args.sample)
+
+
+if __name__ == "__main__":
+    main()
