@@ -136,7 +136,8 @@ def _port_groups(r: FieldReader, items: Sequence[Any], path: str) -> dict[str, l
 def simplify_ports(ports: list[Port]) -> tuple[Port, ...]:
     """Calico's ``SimplifyPorts``: names first, numeric ports sorted and merged into ranges."""
     numeric = [p for p in ports if isinstance(p, PortRange)]
-    if len(ports) <= 1 or len(numeric) <= 1:
+    # Upstream counts expanded port numbers (a range counts every port, duplicates too).
+    if len(ports) <= 1 or sum(p.last - p.first + 1 for p in numeric) <= 1:
         return tuple(ports)
     values = sorted({v for p in numeric for v in range(p.first, p.last + 1)})
     merged: list[Port] = [p for p in ports if isinstance(p, NamedPort)]

@@ -93,7 +93,9 @@ def read_document(r: FieldReader, doc: object) -> Document:
     m = r.mapping(doc, "")
     api, kind = m.get("apiVersion"), m.get("kind")
     origin = Origin(r.source, r.index or 0)
-    if api == K8S_API and kind == "NetworkPolicy":
+    if api == K8S_API:
+        if kind != "NetworkPolicy":
+            raise r.fail("kind", kind, f"must be NetworkPolicy for apiVersion {K8S_API}")
         return read_k8s_policy(r, m, staged=False, origin=origin)
     if api != CALICO_API:
         raise r.fail("apiVersion", api, f"must be {CALICO_API} or {K8S_API} ({_ACCEPTED})")

@@ -51,9 +51,10 @@ class PolicySet:
                     raise _dup(doc.origin.source, doc.origin.index, "/".join(doc.key))
                 policies[doc.key] = doc
             else:
-                if doc.identity in sets and sets[doc.identity].kind == doc.kind:
-                    raise _dup(doc.origin.source, doc.origin.index, doc.identity)
-                sets[f"{doc.kind}/{doc.identity}"] = doc
+                set_key = f"{doc.kind}/{doc.identity}"
+                if set_key in sets:
+                    raise _dup(doc.origin.source, doc.origin.index, set_key)
+                sets[set_key] = doc
         for p in policies.values():
             if p.tier not in tiers:
                 raise DocumentError(

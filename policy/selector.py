@@ -123,9 +123,11 @@ class _Tokenizer:
             if not self.text.startswith(word, j):
                 return False
             j += len(word)
-            while j < len(self.text) and self.text[j] in _WHITESPACE:
+            # Upstream: a one-word operator needs a boundary right after it; in a multi-word
+            # one ("not in", also "notin") whitespace is trimmed after every word, the last
+            # included, before the boundary check.
+            while len(words) > 1 and j < len(self.text) and self.text[j] in _WHITESPACE:
                 j += 1
-        # Upstream checks the boundary after trailing whitespace is trimmed.
         if not self.at_word_boundary(j):
             return False
         self.i = j

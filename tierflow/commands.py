@@ -58,9 +58,14 @@ class Simulation:
 
 
 def probe_row(item: dict[str, Any]) -> str:
-    hits = " ".join(item["egress"]["enforced_policies"] + item["ingress"]["enforced_policies"])
+    """One probe as a table row: from, to, protocol/port, verdict, egress and ingress traces."""
+    def trace(direction: str) -> str:
+        d = item[direction]
+        return ",".join(d["enforced_policies"]) if d["policed"] else "(not policed)"
+
     return (f"{item.get('from')}\t{item.get('to')}\t{item.get('protocol', 'TCP')}/"
-            f"{item.get('port', '-')}\t{item['verdict']}\t{hits}")
+            f"{item.get('port', '-')}\t{item['verdict']}\tegress: {trace('egress')}"
+            f"\tingress: {trace('ingress')}")
 
 
 @dataclass(frozen=True)
