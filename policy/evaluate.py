@@ -230,8 +230,11 @@ class Evaluator:
                 unknown = True
             elif proto != rule.protocol:
                 return False
-        if rule.not_protocol is not None and proto == rule.not_protocol:
-            return False
+        if rule.not_protocol is not None:
+            if proto is None:
+                unknown = True
+            elif proto == rule.not_protocol:
+                return False
         if rule.icmp is not None or rule.not_icmp is not None:
             m = _icmp(rule, flow)
             if m is False:

@@ -605,3 +605,19 @@ def test_uncertainty(text: str, f: Flow, egress: str | None, ingress: str | None
                      action: str | None) -> None:
     v = evaluate(text, f)
     assert (v.egress.action, v.ingress.action, v.action) == (egress, ingress, action)
+
+
+def test_not_protocol_with_unknown_protocol_is_uncertain() -> None:
+    """A flow whose protocol is unknown cannot be said to match `notProtocol: UDP`."""
+    docs = policy.load_text(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n"
+        "metadata: {name: default.p, namespace: ns}\nspec:\n  selector: app == 'a'\n"
+        "  ingress: [{action: Allow, notProtocol: UDP}]\n")
+    ev = policy.Evaluator(policy.PolicySet.from_documents(docs), {"ns": {}})
+    dst = Peer(endpoint=Endpoint(namespace="ns", name="a", labels=(("app", "a"),)), port=80)
+    unknown = ev.evaluate(Flow(Peer(ip=ip_address("10.9.9.9")), dst, None))
+    assert unknown.ingress.action is None
+    tcp = ev.evaluate(Flow(Peer(ip=ip_address("10.9.9.9")), dst, 6))
+    assert tcp.ingress.action == "allow"
+    udp = ev.evaluate(Flow(Peer(ip=ip_address("10.9.9.9")), dst, 17))
+    assert udp.ingress.action == "deny"
