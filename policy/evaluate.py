@@ -108,6 +108,7 @@ def _combine(a: str | None, b: str | None) -> str | None:
 class _SetInfo:
     labels: LabelSet
     network_set: NetworkSet
+    egress_domains: tuple[DomainPattern, ...]
 
 
 _View = tuple[tuple[Tier, tuple[CompiledPolicy, ...]], ...]
@@ -128,8 +129,10 @@ class Evaluator:
                                                        policy_set.enforced()])
         self._pending = self._view(policy_set.tiers, [compiled[p.key] for p in
                                                       policy_set.pending()])
-        self._sets = tuple(_SetInfo(_set_labels(s, namespaces or {}), s)
-                           for s in policy_set.network_sets)
+        self._sets = tuple(
+            _SetInfo(_set_labels(s, namespaces or {}), s,
+                     tuple(DomainPattern(d) for d in s.allowed_egress_domains))
+            for s in policy_set.network_sets)
         self.views_identical = policy_set.enforced() == policy_set.pending()
         self._index = {False: _PolicyIndex(self._enforced), True: _PolicyIndex(self._pending)}
         self._applicable: dict[tuple[int, LabelSet, Direction], _View] = {}
@@ -301,8 +304,8 @@ class Evaluator:
                                                          for n in s.network_set.nets)
                 if member:
                     by_ip.append(s.labels)
-            by_domain = [s.labels for s in self._sets if s.network_set.allowed_egress_domains
-                         and _domain_allowed(s.network_set, peer.domains)]
+            by_domain = [s.labels for s in self._sets
+                         if any(p.matches(d) for p in s.egress_domains for d in peer.domains)]
             found = self._peer_sets[key] = (tuple(by_ip), tuple(by_domain))
         return found
 
@@ -319,8 +322,8 @@ class _PolicyIndex:
                 required = cp.applies_to.required_equalities()
                 if not required:
                     self.always.add(id(cp))
-                else:  # any one required pair is enough to index by; take the rarest-looking
-                    pair = min(required)
+                else:  # a policy can only select labels containing every required pair,
+                    pair = min(required)  # so indexing it under any one of them is exact
                     self.by_pair.setdefault(pair, set()).add(id(cp))
 
     def candidates(self, labels: LabelSet) -> set[int]:
@@ -328,10 +331,6 @@ class _PolicyIndex:
         for pair in labels.items():
             out |= self.by_pair.get(pair, set())
         return out
-
-
-def _domain_allowed(s: NetworkSet, domains: frozenset[str]) -> bool:
-    return any(DomainPattern(p).matches(d) for p in s.allowed_egress_domains for d in domains)
 
 
 def _icmp(rule: CompiledRule, flow: Flow) -> bool | None:

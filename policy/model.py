@@ -90,7 +90,8 @@ class PolicyKind(StrEnum):
 
     @property
     def staged_kind(self) -> PolicyKind:
-        return {v: k for k, v in _ENFORCED_KIND.items()}.get(self, self)
+        """The staged kind this enforced kind is staged as (itself when already staged)."""
+        return _STAGED_KIND.get(self, self)
 
 
 _ENFORCED_KIND = {
@@ -98,6 +99,7 @@ _ENFORCED_KIND = {
     PolicyKind.STAGED_GLOBAL_NETWORK_POLICY: PolicyKind.GLOBAL_NETWORK_POLICY,
     PolicyKind.STAGED_KUBERNETES_NETWORK_POLICY: PolicyKind.KUBERNETES_NETWORK_POLICY,
 }
+_STAGED_KIND = {v: k for k, v in _ENFORCED_KIND.items()}
 
 
 @dataclass(frozen=True, slots=True, order=True)

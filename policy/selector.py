@@ -551,7 +551,8 @@ def _namespace_scope(node: _Node) -> _Node:
         return _And(tuple(_namespace_scope(op) for op in node.operands))
     if isinstance(node, _Or):
         return _Or(tuple(_namespace_scope(op) for op in node.operands))
-    # A label test on a namespace label only ever matches namespaced endpoints.
+    # Label tests keep upstream's meaning: `pcns.team != 'a'` also matches non-namespaced
+    # objects (the label is absent there), exactly as Felix's rendered selector does.
     return node
 
 
