@@ -13,6 +13,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -68,7 +69,7 @@ class Inventory:
     def from_objects(cls, items: Iterable[Any], source: str = "<string>") -> Inventory:
         by_kind: dict[str, list[tuple[FieldReader, Mapping[str, Any]]]] = {}
         for i, obj in enumerate(items):
-            r = FieldReader(source, None, f"items[{i}].")
+            r = FieldReader(source, None, f"items[{i}].", InventoryError)
             m = r.mapping(obj, "")
             kind = r.enum(m.get("kind"), "kind", ("Namespace", "Pod", "Service", "ServiceAccount"))
             by_kind.setdefault(kind, []).append((r, m))
@@ -102,21 +103,13 @@ class Inventory:
     def services_for_ip(self, ip: IpAddress) -> tuple[Service, ...]:
         return tuple(s for s in self.services if ip in s.cluster_ips)
 
-    @property
+    @cached_property
     def _by_name(self) -> dict[str, Endpoint]:
-        cache = self.__dict__.get("_by_name_cache")
-        if cache is None:
-            cache = {e.identity: e for e in self.endpoints}
-            object.__setattr__(self, "_by_name_cache", cache)
-        return cache
+        return {e.identity: e for e in self.endpoints}
 
-    @property
+    @cached_property
     def _by_ip(self) -> dict[IpAddress, Endpoint]:
-        cache = self.__dict__.get("_by_ip_cache")
-        if cache is None:
-            cache = {ip: e for e in self.endpoints for ip in e.ips}
-            object.__setattr__(self, "_by_ip_cache", cache)
-        return cache
+        return {ip: e for e in self.endpoints for ip in e.ips}
 
 
 def _meta(r: FieldReader, m: Mapping[str, Any], namespaced: bool) -> Mapping[str, Any]:
@@ -174,8 +167,14 @@ def _pod(r: FieldReader, m: Mapping[str, Any], namespaces: Mapping[str, LabelSet
                                  "must be TCP, UDP or SCTP")
                 number = r.integer(pm.get("containerPort"), f"{path}.containerPort", 1, 65535)
                 ports.append(NamedPortDef(pm["name"], proto, number))
-    owners = r.sequence(meta.get("ownerReferences"), "metadata.ownerReferences")
-    owner = (owners[0].get("kind"), owners[0].get("name")) if owners else None
+    owner = None
+    refs = r.sequence(meta.get("ownerReferences"), "metadata.ownerReferences")
+    for i, item in enumerate(refs):
+        ref = r.mapping(item, f"metadata.ownerReferences[{i}]")
+        kind = r.string(ref.get("kind"), f"metadata.ownerReferences[{i}].kind", required=True)
+        name = r.string(ref.get("name"), f"metadata.ownerReferences[{i}].name", required=True)
+        if owner is None or ref.get("controller"):  # the controller owner wins
+            owner = (kind or "", name or "")
     return Endpoint(
         namespace=ns, name=meta["name"],
         labels=r.labels(meta.get("labels"), "metadata.labels"),

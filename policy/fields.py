@@ -21,13 +21,15 @@ __all__ = ["FieldReader"]
 class FieldReader:
     """Reads fields of one document; every failure names the document and the field."""
 
-    def __init__(self, source: str, index: int | None, prefix: str = "") -> None:
+    def __init__(self, source: str, index: int | None, prefix: str = "",
+                 error: type[DocumentError] = DocumentError) -> None:
         self.source = source
         self.index = index
         self.prefix = prefix  # e.g. "items[3]." for a document inside a kind: List
+        self.error = error  # the DocumentError subclass callers catch (e.g. InventoryError)
 
     def fail(self, path: str, value: object, expected: str) -> DocumentError:
-        return DocumentError(self.source, self.index, self.prefix + path, value, expected)
+        return self.error(self.source, self.index, self.prefix + path, value, expected)
 
     def mapping(
         self, value: object, path: str, allowed: Iterable[str] | None = None

@@ -59,14 +59,14 @@ def parse_hit(text: str) -> ParsedHit:
     if len(parts) not in (4, 5):
         raise HitSyntaxError(text, f"has {len(parts)} '|'-separated fields")
     idx, tier, name, action = parts[:4]
-    if not idx.lstrip("-").isdigit():
-        raise HitSyntaxError(text, f"index {idx!r} is not a number")
+    if not idx.isdigit():
+        raise HitSyntaxError(text, f"index {idx!r} is not a position (0, 1, ...)")
     if action not in _ACTIONS:
         raise HitSyntaxError(text, f"action {action!r} is not one of {', '.join(_ACTIONS)}")
     rule = -2
     if len(parts) == 5:
-        if not parts[4].lstrip("-").isdigit():
-            raise HitSyntaxError(text, f"rule index {parts[4]!r} is not a number")
+        if not parts[4].lstrip("-").isdigit() or int(parts[4]) < -2:
+            raise HitSyntaxError(text, f"rule index {parts[4]!r} is not -2, -1 or a rule index")
         rule = int(parts[4])
     if not tier or not name:
         raise HitSyntaxError(text, "tier and policy name must not be empty")

@@ -424,7 +424,8 @@ def test_bad_probe_lines_are_reported_and_good_ones_still_print(tmp_path: Path) 
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
         expected_output(probes[0], 0), expected_output(probes[11], 11)]
     assert result.stderr.splitlines() == [
-        f"tierflow: error: {path} line 2: line is not JSON: Expecting value "
+        f"tierflow: error: {path} line 2: probe must be one JSON object per line "
+        "(Expecting value at column 47) "
         """(got '{"from": "dev/centos-6f8b9d7c5d-h4m2n", "to": }')""",
         f"tierflow: error: {path} line 4: to names no pod in the inventory "
         "(got 'storefront/frontend-0')",
@@ -532,3 +533,25 @@ def test_console_script_in_a_subprocess() -> None:
     assert bad.stderr == ("tierflow: error: <stdin> line 1: protocol must be one of TCP, UDP, "
                           "SCTP, ICMP, ICMPv6, UDPLite or 1-255 (got 'ESP')\n"
                           "tierflow: 1 probe(s) rejected\n")
+
+
+@pytest.mark.parametrize(
+    ("icmp", "message"),
+    [
+        ({"type": "echo"}, "icmp.type must be an integer from 0 to 254 (got 'echo')"),
+        ({"type": 255}, "icmp.type must be an integer from 0 to 254 (got 255)"),
+        ({"type": 8, "code": 256}, "icmp.code must be an integer from 0 to 255 (got 256)"),
+        ({"code": 0}, "icmp.code requires icmp.type (got 0)"),
+        ({"type": 8, "kode": 0},
+         "icmp must be an object {type, code} (got {'type': 8, 'kode': 0})"),
+    ],
+)
+def test_bad_icmp_is_reported(tmp_path: Path, icmp: dict[str, Any], message: str) -> None:
+    path = tmp_path / "icmp.jsonl"
+    path.write_text(json.dumps({"from": "dev/centos-6f8b9d7c5d-h4m2n",
+                                "to": "dev/nginx-7c5ddbdf54-q9w8z", "protocol": "ICMP",
+                                "icmp": icmp}) + "\n")
+    result = simulate("--probes", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"tierflow: error: {path} line 1: {message}"

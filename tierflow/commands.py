@@ -97,14 +97,19 @@ def lint(paths: Iterable[str | Path]) -> tuple[list[LintProblem], int]:
             continue
         for r, raw in items:
             count += 1
-            for path, value, message in schema_problems(raw) if isinstance(raw, dict) else []:
-                problems.append(LintProblem(r.source, r.index, r.prefix + path,
-                                            f"{message} (got {value!r:.80})"))
+            semantic = None
             try:
                 docs.append(read_document(r, raw))
             except DocumentError as e:
-                problems.append(LintProblem(e.source, e.index, e.field,
-                                            f"{e.expected} (got {e.value!r})"))
+                semantic = LintProblem(e.source, e.index, e.field,
+                                       f"{e.expected} (got {e.value!r})")
+            # A fault both checks find is reported once, in tierflow's words.
+            for path, value, message in schema_problems(raw) if isinstance(raw, dict) else []:
+                if semantic is None or r.prefix + path != semantic.field:
+                    problems.append(LintProblem(r.source, r.index, r.prefix + path,
+                                                f"{message} (got {value!r:.80})"))
+            if semantic is not None:
+                problems.append(semantic)
     if not problems:
         try:
             PolicySet.from_documents(docs)

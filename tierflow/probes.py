@@ -68,8 +68,14 @@ def parse_probe(obj: object, inv: Inventory, source: str, line: int) -> Probe:
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise ProbeError(*where, "domains", domains, "must be a list of names")
     icmp = obj.get("icmp") or {}
-    if not isinstance(icmp, dict):
+    if not isinstance(icmp, dict) or set(icmp) - {"type", "code"}:
         raise ProbeError(*where, "icmp", icmp, "must be an object {type, code}")
+    for key, hi in (("type", 254), ("code", 255)):
+        v = icmp.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi):
+            raise ProbeError(*where, f"icmp.{key}", v, f"must be an integer from 0 to {hi}")
+    if icmp.get("code") is not None and icmp.get("type") is None:
+        raise ProbeError(*where, "icmp.code", icmp["code"], "requires icmp.type")
     port = None if proto in (1, 58) else _port(obj.get("port"), where, "port")
     src = _peer(inv, obj.get("from"), where, "from", _port(obj.get("source_port"), where,
                                                           "source_port"))
@@ -86,7 +92,8 @@ def read_probes(lines: Iterator[str], inv: Inventory, source: str
         try:
             yield parse_probe(json.loads(line), inv, source, n)
         except json.JSONDecodeError as e:
-            yield ProbeError(source, n, "line", line.strip()[:60], f"is not JSON: {e.msg}")
+            yield ProbeError(source, n, "probe", line.strip()[:60],
+                             f"must be one JSON object per line ({e.msg} at column {e.colno})")
         except ProbeError as e:
             yield e
 
