@@ -19,12 +19,14 @@ import argparse
 import os
 import random
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from policy import Evaluator, PolicySet, load_text
 from policy.batch import BatchEvaluator
@@ -86,10 +88,14 @@ def policies(n: int, workloads: list[tuple[str, str, dict[str, str]]]) -> str:
     return "---\n".join(docs)
 
 
-def flows(rows: int, workloads: list[tuple[str, str, dict[str, str]]], seed: int = 3) -> pa.Table:
-    """Level-2 aggregated rows: ~40 talkers per workload, a few ports each, src and dst."""
+def flows(rows: int, workloads: list[tuple[str, str, dict[str, str]]], pairs_n: int = 40_000,
+          seed: int = 3) -> pa.Table:
+    """Level-2 aggregated rows over ``pairs_n`` communicating workload pairs (40,000 is a
+    dense mesh of 40 peers per workload; 8,000 a typical fan-out of 8), 1-2 ports per pair,
+    src and dst reporters, labels as in-memory plain strings."""
     rng = np.random.default_rng(seed)
-    pairs = np.stack([rng.integers(0, WORKLOADS, 40_000), rng.integers(0, WORKLOADS, 40_000)], 1)
+    pairs = np.stack([rng.integers(0, WORKLOADS, pairs_n), rng.integers(0, WORKLOADS, pairs_n)],
+                     1)
     pick = rng.integers(0, len(pairs), rows)
     src, dst = pairs[pick, 0], pairs[pick, 1]
     port = PORTS[(pick * 7 + rng.integers(0, 2, rows)) % len(PORTS)]
@@ -119,11 +125,29 @@ def flows(rows: int, workloads: list[tuple[str, str, dict[str, str]]], seed: int
     })
 
 
-def run(rows: int, sizes: list[int], sample: int) -> list[dict[str, float]]:
+def as_read_from_store(table: pa.Table, workdir: str) -> pa.Table:
+    """The table as the Parquet store gives it back: string leaves read dictionary-encoded."""
+    path = os.path.join(workdir, "flows.parquet")
+    pq.write_table(table, path, compression="zstd")
+    leaves = [f"{side}_labels.key_value.{leaf}" for side in ("source", "dest")
+              for leaf in ("key", "value")]
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)
+               or pa.types.is_dictionary(f.type)]
+    return pq.read_table(path, read_dictionary=strings + leaves)
+
+
+def run(rows: int, sizes: list[int], sample: int, pairs_n: int,
+        plain: bool) -> list[dict[str, float]]:
     workloads, namespaces = cluster()
     t0 = time.perf_counter()
-    table = flows(rows, workloads)
-    print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    table = flows(rows, workloads, pairs_n)
+    form = "plain in-memory strings"
+    if not plain:
+        with tempfile.TemporaryDirectory() as workdir:
+            table = as_read_from_store(table, workdir)
+        form = "as read from the store (dictionary string leaves)"
+    print(f"generated {rows:,} rows over {pairs_n:,} pairs, {form}, in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     results = []
     for n in sizes:
         ps = PolicySet.from_documents(load_text(policies(n, workloads), f"bench-{n}"))
@@ -136,13 +160,14 @@ def run(rows: int, sizes: list[int], sample: int) -> list[dict[str, float]]:
         sample_rows = table.slice(0, sample).to_pylist()
         t1 = time.perf_counter()
         for row in sample_rows:
-            ref._evaluate_row(row)
+            ref.evaluate_row(row)
         dt_ref = (time.perf_counter() - t1) / sample
         rate = rows / dt
         results.append({"policies": len(ps.policies), "rows": rows, "keys": res.keys,
                         "seconds": dt, "rows_per_s": rate, "per_row_rows_per_s": 1 / dt_ref,
                         "ratio": rate * dt_ref})
-        print(f"{len(ps.policies):>5} policies: {rows:,} rows, {res.keys:,} distinct keys, "
+        print(f"{len(ps.policies):>5} policies, {pairs_n:>6,} pairs, "
+              f"{'plain' if plain else 'store'}: {rows:,} rows, {res.keys:,} distinct keys, "
               f"{dt:.2f}s = {rate / 1e6:.2f} M rows/s; per-row reference "
               f"{1 / dt_ref:,.0f} rows/s; ratio x{rate * dt_ref:,.0f}")
     return results
@@ -153,8 +178,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--policies", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--sample", type=int, default=20_000)
+    ap.add_argument("--pairs", type=int, nargs="+", default=[40_000, 8_000],
+                    help="communicating workload pairs (key cardinality)")
+    ap.add_argument("--plain", action="store_true",
+                    help="keep labels as plain in-memory strings instead of the store's form")
     args = ap.parse_args()
-    run(args.rows, args.policies, args.sample)
+    for pairs_n in args.pairs:
+        run(args.rows, args.policies, args.sample, pairs_n, args.plain)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 Rows are keyed by everything the verdict can depend on — reporter, both endpoints' type,
 namespace, aggregated name, labels and IP, the ports, protocol, destination domains and
 service — and each distinct key is evaluated once (selectors once per distinct label set,
-cached by the :class:`~policy.evaluate.Evaluator`). Keying is columnar: dictionary codes and
-numpy mixing into one 64-bit fingerprint per row, then factorised; fingerprints are verified
-column by column, so a hash collision can cost time but never a wrong verdict.
+cached by the :class:`~policy.evaluate.Evaluator`). Keying is columnar and exact
+(:mod:`policy.keys`): a hash collision can cost time, never a wrong verdict.
 
 The input uses the flow-log columns (``reference/calico.md`` §1.2); ``reporter`` ``src``
 rows are decided by egress at the source, ``dst`` rows by ingress at the destination.
@@ -19,10 +18,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from policy import keys
 from policy.endpoints import Endpoint, Peer
 from policy.evaluate import DirectionVerdict, Evaluator, Flow
 from policy.model import Direction
@@ -30,61 +28,16 @@ from policy.rules import protocol_number
 
 __all__ = ["KEY_COLUMNS", "BatchEvaluator", "BatchResult"]
 
+_FLOW_COLUMNS = ("reporter", "proto", "dest_domains", "dest_service_namespace",
+                 "dest_service_name", "source_port", "dest_port")
 _SIDE = ("type", "namespace", "name", "name_aggr", "labels", "ip", "port")
 KEY_COLUMNS = (
     "reporter", "proto", "dest_domains", "dest_service_namespace", "dest_service_name",
     *(f"source_{c}" for c in _SIDE), *(f"dest_{c}" for c in _SIDE),
 )
-_M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _ACTIONS = ("allow", "deny", "uncertain")
 
 EndpointLookup = Callable[[str, str], Endpoint | None]
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M2
-    return x ^ (x >> np.uint64(33))  # type: ignore[no-any-return]
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """An exact uint64 code per row: equal values ↔ equal codes (nulls share one code)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    t = arr.type
-    if pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _nested_codes(arr)
-    if pa.types.is_integer(t):
-        filled = pc.fill_null(arr.cast(pa.int64()), -1)
-        return filled.to_numpy().astype(np.uint64)  # type: ignore[no-any-return]
-    if not pa.types.is_dictionary(t):
-        arr = pc.dictionary_encode(arr)
-    return pc.fill_null(arr.indices.cast(pa.int64()), -1  # type: ignore[no-any-return]
-                        ).to_numpy().astype(np.uint64)
-
-
-def _nested_codes(arr: pa.Array) -> np.ndarray:
-    """Order-insensitive exact fingerprint of map/list rows from their children's codes;
-    exactness is restored by the verification step."""
-    if pa.types.is_map(arr.type):
-        leaves = [(pc.dictionary_encode(arr.keys).indices, 32),
-                  (pc.dictionary_encode(arr.items).indices, 0)]
-    else:
-        leaves = [(pc.dictionary_encode(arr.values).indices, 0)]
-    x = np.zeros(len(leaves[0][0]), dtype=np.uint64)
-    for idx, shift in leaves:
-        x |= idx.to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(shift)
-    x = _mix(x + np.uint64(1))
-    offsets = arr.offsets.to_numpy()
-    out = np.zeros(len(arr), dtype=np.uint64)
-    nonempty = offsets[1:] > offsets[:-1]
-    if len(x):
-        sums = np.add.reduceat(x, offsets[:-1][nonempty])
-        out[nonempty] = sums
-    if arr.null_count:
-        out[~arr.is_valid().to_numpy(zero_copy_only=False)] = np.uint64(0x9E3779B97F4A7C15)
-    return out
 
 
 @dataclass(frozen=True)
@@ -122,29 +75,19 @@ class BatchEvaluator:
         missing = [c for c in KEY_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"flow table lacks columns {', '.join(missing)} (flow-log schema)")
-        table = table.unify_dictionaries()
-        # Each endpoint side (type, namespace, names, labels, IP) is factorised on its own, so
-        # an Endpoint and its label set are built once per distinct side, not per key.
-        sides = {}
-        for side in ("source", "dest"):
-            cols = [f"{side}_{c}" for c in _SIDE if c != "port"]
-            sid, reps = _factorize([_codes(table[c]) for c in cols])
-            rows = table.select(cols).take(pa.array(reps)).to_pylist()
-            sides[side] = (sid, [self._side(row, side) for row in rows])
-        flat = ["reporter", "proto", "dest_domains", "dest_service_namespace",
-                "dest_service_name", "source_port", "dest_port"]
-        codes = [_codes(table[c]) for c in flat]
-        gid, reps = _factorize([*codes, sides["source"][0].astype(np.uint64),
-                                sides["dest"][0].astype(np.uint64)])
-        rows = table.select(flat).take(pa.array(reps)).to_pylist()
-        src_ids, dst_ids = sides["source"][0][reps], sides["dest"][0][reps]
+        enc = {c: keys.encode(table[c]) for c in KEY_COLUMNS}
+        gid, reps = keys.factorize(list(enc.values()))
+        # Endpoint sides (type, namespace, names, labels, IP) repeat across keys: build each
+        # distinct side's Endpoint once, so its label set and policy lookups are shared.
+        peers = {side: self._sides(table, enc, reps, side) for side in ("source", "dest")}
+        rows = table.select(list(_FLOW_COLUMNS)).take(pa.array(reps)).to_pylist()
         act = np.empty(len(reps), dtype=np.int8)
         pact = np.empty(len(reps), dtype=np.int8)
         enforced, pending = [], []
         rendered: dict[tuple[object, ...], list[str]] = {}
         same_views = self.evaluator.views_identical
         for k, row in enumerate(rows):
-            flow = self._flow(row, sides["source"][1][src_ids[k]], sides["dest"][1][dst_ids[k]])
+            flow = self._flow(row, peers["source"][k], peers["dest"][k])
             direction = Direction.INGRESS if row["reporter"] == "dst" else Direction.EGRESS
             e = self.evaluator.direction(flow, direction, pending=False)
             p = e if same_views else self.evaluator.direction(flow, direction, pending=True)
@@ -158,6 +101,20 @@ class BatchEvaluator:
             pending_action=pa.DictionaryArray.from_arrays(pa.array(pact[gid]), dictionary),
             trace_id=gid, enforced=enforced, pending=pending, keys=len(reps),
         )
+
+    def _sides(self, table: pa.Table, enc: Mapping[str, keys.Encoded], reps: np.ndarray,
+               side: str) -> list[Peer]:
+        """One port-less Peer per representative row, shared between equal sides."""
+        cols = [f"{side}_{c}" for c in _SIDE if c != "port"]
+        stacked = np.stack([enc[c].codes[reps] for c in cols], axis=1)
+        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        # Label maps are compared by fingerprint above; confirm exactly, else keep apart.
+        if not all(keys.same_rows(enc[c], reps, reps[first[inverse]]).all() for c in cols):
+            first, inverse = np.arange(len(reps)), np.arange(len(reps))
+        values = table.select(cols).take(pa.array(reps[first])).to_pylist()
+        distinct = [self._peer(row, side, frozenset(), frozenset()) for row in values]
+        return [distinct[i] for i in inverse]
 
     def _side(self, row: Mapping[str, object], side: str) -> Peer:
         """The port-less peer of one distinct endpoint side."""
@@ -174,8 +131,9 @@ class BatchEvaluator:
                  services, dst.network_set_names),  # type: ignore[arg-type]
             _proto(row.get("proto")))
 
-    def _evaluate_row(self, row: dict[str, object]) -> tuple[DirectionVerdict, DirectionVerdict]:
-        """The per-row reference path: one full evaluation of one flow-log row."""
+    def evaluate_row(self, row: Mapping[str, object]) -> tuple[DirectionVerdict,
+                                                                DirectionVerdict]:
+        """The per-row reference path: enforced and pending verdicts of one flow-log row."""
         flow = self.flow(row)
         direction = Direction.INGRESS if row["reporter"] == "dst" else Direction.EGRESS
         ev = self.evaluator
@@ -233,24 +191,3 @@ def _label_pairs(labels: object) -> Iterable[tuple[str, str]]:
     if isinstance(labels, Mapping):
         return labels.items()
     return ((str(k), str(v)) for k, v in labels)  # type: ignore[attr-defined]
-
-
-def _factorize(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Group ids per row and one representative row per group, exactly."""
-    h = np.zeros(len(codes[0]), dtype=np.uint64)
-    for c in codes:
-        h = _mix(h ^ c) + np.uint64(0x9E3779B97F4A7C15)
-    gid, reps = _factorize_u64(h)
-    # Verify: every row's codes equal its representative's, column by column.
-    if all(np.array_equal(c, c[reps][gid]) for c in codes):
-        return gid, reps
-    stacked = np.stack(codes, axis=1)  # pragma: no cover - needs a 64-bit collision
-    _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64), first
-
-
-def _factorize_u64(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    df = pl.DataFrame({"h": h}).with_row_index("row")
-    firsts = df.group_by("h").agg(pl.col("row").first()).with_row_index("gid")
-    gid = df.join(firsts.select("h", "gid"), on="h", how="left").sort("row")["gid"]
-    return gid.to_numpy().astype(np.int64), firsts["row"].to_numpy().astype(np.int64)

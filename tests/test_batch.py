@@ -116,7 +116,7 @@ def test_batch_matches_per_row_reference(flow_rows: list[dict]) -> None:
     pending = result.pending_policies().to_pylist()
     reference = _evaluator()
     for i, row in enumerate(table.to_pylist()):
-        e, p = reference._evaluate_row(row)
+        e, p = reference.evaluate_row(row)
         assert result.action[i].as_py() == (e.action or "uncertain"), row
         assert result.pending_action[i].as_py() == (p.action or "uncertain"), row
         assert enforced[i] == e.rendered(), row
