@@ -192,7 +192,8 @@ def _packed(columns: Sequence[Encoded]) -> list[Encoded]:
     """Flat columns packed exactly into as few uint64 words as their cardinalities allow
     (mixed radix: word = c0 + k0 * (c1 + k1 * (c2 + ...))); nested columns unchanged."""
     words: list[Encoded] = []
-    word, radix = None, 1
+    word: np.ndarray | None = None
+    radix = 1
     for enc in columns:
         if enc.entries is not None or (len(enc.codes) and enc.codes.min() == enc.codes.max()):
             continue  # nested columns are verified apart; a constant column decides nothing
