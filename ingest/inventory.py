@@ -103,6 +103,18 @@ class Inventory:
     def services_for_ip(self, ip: IpAddress) -> tuple[Service, ...]:
         return tuple(s for s in self.services if ip in s.cluster_ips)
 
+    def backends(self, ip: IpAddress, port: int, protocol: int
+                 ) -> tuple[Service, ServicePort, tuple[tuple[Endpoint, int], ...]] | None:
+        """What kube-proxy DNATs ``ip:port/protocol`` to, when ``ip`` is a ClusterIP with that
+        service port: the service, its port and ``(pod, target port)`` for every ready-looking
+        backend (pods of the service's namespace matching its selector, with an IP; a named
+        targetPort resolved on each pod). ``None`` when nothing is DNATed."""
+        for svc in self.services_for_ip(ip):
+            for sp in svc.ports:
+                if sp.port == port and sp.protocol == protocol and svc.selector:
+                    return svc, sp, tuple(_backends(self.endpoints, svc, sp))
+        return None
+
     @cached_property
     def _by_name(self) -> dict[str, Endpoint]:
         return {e.identity: e for e in self.endpoints}
@@ -110,6 +122,22 @@ class Inventory:
     @cached_property
     def _by_ip(self) -> dict[IpAddress, Endpoint]:
         return {ip: e for e in self.endpoints for ip in e.ips}
+
+
+def _backends(endpoints: tuple[Endpoint, ...], svc: Service,
+              sp: ServicePort) -> list[tuple[Endpoint, int]]:
+    out = []
+    for ep in sorted(endpoints, key=lambda e: e.identity):
+        labels = dict(ep.labels)
+        if ep.namespace != svc.namespace or not ep.ips or \
+                any(labels.get(k) != v for k, v in svc.selector):
+            continue
+        target = sp.target_port
+        number = ep.named_port(target, sp.protocol) if isinstance(target, str) \
+            and not target.isdigit() else int(target)
+        if number is not None:  # a named targetPort the pod lacks gets no traffic
+            out.append((ep, number))
+    return out
 
 
 def _meta(r: FieldReader, m: Mapping[str, Any], namespaced: bool) -> Mapping[str, Any]:

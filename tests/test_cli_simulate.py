@@ -555,3 +555,38 @@ def test_bad_icmp_is_reported(tmp_path: Path, icmp: dict[str, Any], message: str
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.splitlines()[0] == f"tierflow: error: {path} line 1: {message}"
+
+
+# -- Service ClusterIPs -----------------------------------------------------------------
+
+
+def test_probe_to_a_cluster_ip_is_evaluated_at_each_backend(tmp_path: Path) -> None:
+    """Calico sees the connection after kube-proxy's DNAT: one result per backend pod, at
+    its target port (a named targetPort resolved on the pod), with the service recorded."""
+    fe = "storefront/frontend-864f4fcdfd-2hhv4"
+    lines = [
+        {"from": fe, "to": "10.96.0.10", "port": 53, "protocol": "UDP"},      # kube-dns
+        {"from": fe, "to": "10.96.112.23", "port": 80, "protocol": "TCP"},    # backend
+        {"from": "dev/centos-6f8b9d7c5d-h4m2n", "to": "10.96.41.7", "port": 80},  # named
+        {"from": fe, "to": "10.96.0.10", "port": 5353, "protocol": "UDP"},    # no such port
+    ]
+    path = tmp_path / "svc.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = simulate("--probes", str(path))
+    assert result.exit_code == 0, result.stderr
+    got = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(g["to"], g.get("port"), g.get("service"), g.get("service_port"), g["verdict"])
+            for g in got] == [
+        ("kube-system/coredns-5d78c9869d-6xkqj", 53, "kube-system/kube-dns", 53, "allow"),
+        ("kube-system/coredns-5d78c9869d-tw8vl", 53, "kube-system/kube-dns", 53, "allow"),
+        ("storefront/backend-5f8d7c6b9f-k2j4h", 8080, "storefront/backend", 80, "deny"),
+        ("dev/nginx-7c5ddbdf54-q9w8z", 80, "dev/nginx", 80, "allow"),
+        ("10.96.0.10", 5353, None, None, "deny"),
+    ]
+    assert got[0]["egress"]["enforced_policies"][-1] == \
+        "1|platform|platform.allow-kube-dns|allow|0"
+    assert got[2]["ingress"]["enforced_policies"][-1] == \
+        "2|default|storefront/default.restricted|deny|2"
+    assert got[4]["ingress"] == {"verdict": "allow", "pending_verdict": "allow",
+                                 "policed": False, "enforced_policies": [],
+                                 "pending_policies": []}

@@ -70,3 +70,23 @@ def test_not_json_or_yaml() -> None:
     with pytest.raises(InventoryError) as info:
         Inventory.from_text("{", "inv.json")
     assert str(info.value).startswith("inv.json: is not valid JSON or YAML")
+
+
+def test_service_backends_resolve_target_ports() -> None:
+    web = pod("web-1", labels={"app": "web"})
+    other = {**pod("web-2", labels={"app": "web"}), "status": {"podIP": "10.1.0.6"}}
+    other["spec"] = {"containers": [{"name": "c"}]}  # no named port "http"
+    svc = {"kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"},
+                    "ports": [{"port": 80, "targetPort": "http"},
+                              {"port": 81, "targetPort": 9000, "protocol": "UDP"}]}}
+    inv = Inventory.from_text(listing(web, other, svc))
+    ip = ipaddress.ip_address("10.96.0.20")
+    found = inv.backends(ip, 80, 6)
+    assert found is not None
+    assert [(ep.name, port) for ep, port in found[2]] == [("web-1", 8080)]
+    found = inv.backends(ip, 81, 17)
+    assert found is not None
+    assert [(ep.name, port) for ep, port in found[2]] == [("web-1", 9000), ("web-2", 9000)]
+    assert inv.backends(ip, 81, 6) is None  # wrong protocol: no DNAT
+    assert inv.backends(ipaddress.ip_address("10.96.0.21"), 80, 6) is None

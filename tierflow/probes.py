@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ingest.inventory import Inventory
@@ -26,6 +26,9 @@ class ProbeError(ValueError):
 
 @dataclass(frozen=True)
 class Probe:
+    """One flow to evaluate; ``raw`` is what is echoed in the output (the probe's fields,
+    rewritten to the backend for a probe to a Service ClusterIP)."""
+
     raw: Mapping[str, Any]
     flow: Flow
 
@@ -56,7 +59,10 @@ def _port(value: object, where: tuple[str, int], field: str) -> int | None:
     return value
 
 
-def parse_probe(obj: object, inv: Inventory, source: str, line: int) -> Probe:
+def parse_probe(obj: object, inv: Inventory, source: str, line: int) -> list[Probe]:
+    """The flows one probe line stands for: itself, or — to a Service ClusterIP:port — one
+    per backend pod at its target port, as Calico sees the connection after kube-proxy's
+    DNAT (``service`` and ``service_port`` are added to each)."""
     where = (source, line)
     if not isinstance(obj, dict):
         raise ProbeError(*where, "probe", obj, "must be a JSON object")
@@ -81,7 +87,19 @@ def parse_probe(obj: object, inv: Inventory, source: str, line: int) -> Probe:
                                                           "source_port"))
     dst = _peer(inv, obj.get("to"), where, "to", port,
                 frozenset(d.lower().rstrip(".") for d in domains))
-    return Probe(obj, Flow(src, dst, proto, icmp.get("type"), icmp.get("code")))
+    flow = Flow(src, dst, proto, icmp.get("type"), icmp.get("code"))
+    dnat = inv.backends(dst.ip, port, proto) if dst.ip is not None and port is not None \
+        and dst.endpoint is None else None
+    if dnat is None:
+        return [Probe(obj, flow)]
+    svc, sp, backends = dnat
+    extra = {"service": f"{svc.namespace}/{svc.name}", "service_port": sp.port}
+    if not backends:  # no endpoints: kube-proxy rejects; report against the ClusterIP
+        return [Probe({**obj, **extra, "backends": 0}, flow)]
+    return [Probe({**obj, "to": ep.identity, "port": target, **extra},
+                  replace(flow, dst=Peer(endpoint=ep, ip=ep.ips[0], port=target,
+                                         domains=dst.domains, services=dst.services)))
+            for ep, target in backends]
 
 
 def read_probes(lines: Iterator[str], inv: Inventory, source: str
@@ -90,7 +108,7 @@ def read_probes(lines: Iterator[str], inv: Inventory, source: str
         if not line.strip():
             continue
         try:
-            yield parse_probe(json.loads(line), inv, source, n)
+            yield from parse_probe(json.loads(line), inv, source, n)
         except json.JSONDecodeError as e:
             yield ProbeError(source, n, "probe", line.strip()[:60],
                              f"must be one JSON object per line ({e.msg} at column {e.colno})")
