@@ -54,6 +54,8 @@ def cli() -> None:
               "(staged policies as enforced).")
 @click.option("--output", type=click.Choice(["jsonl", "table"]), default="jsonl",
               show_default=True)
+# `--policies a.yaml b.yaml` as the docs write it: click's repeatable options take one value
+# each, so the paths after the first land here and are read as policy paths too.
 @click.argument("extra_policies", nargs=-1, type=click.Path())
 @domain_errors
 def simulate(policies: tuple[str, ...], inventories: tuple[str, ...], probes: Any,
@@ -102,7 +104,3 @@ def lint(paths: tuple[str, ...], output: str) -> None:
 def main() -> None:
     cli(prog_name="tierflow")
 
-
-# `tierflow simulate --policies a.yaml b.yaml` should work as the issue writes it: click's
-# multiple options take one value each, so extra paths after --policies land in
-# EXTRA_POLICIES (the positional arguments) and are treated as policy paths.
