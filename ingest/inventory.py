@@ -13,6 +13,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -52,6 +53,8 @@ class Inventory:
     endpoints: tuple[Endpoint, ...] = ()
     services: tuple[Service, ...] = ()
     owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # pod → (kind, name)
+    # pod → metadata.creationTimestamp (Unix seconds): which pod held a reused IP when.
+    created: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Inventory:
@@ -76,15 +79,19 @@ class Inventory:
         namespaces = {name: LabelSet(labels) for name, labels in
                       (_namespace(r, m) for r, m in by_kind.get("Namespace", []))}
         sas = dict(_service_account(r, m) for r, m in by_kind.get("ServiceAccount", []))
-        endpoints, owners = [], {}
+        endpoints, owners, created = [], {}, {}
         for r, m in by_kind.get("Pod", []):
             ep, owner = _pod(r, m, namespaces, sas)
             if ep is not None:
                 endpoints.append(ep)
                 if owner:
                     owners[ep.identity] = owner
+                stamp = _timestamp(r, m["metadata"].get("creationTimestamp"),
+                                   "metadata.creationTimestamp")
+                if stamp is not None:
+                    created[ep.identity] = stamp
         services = tuple(_service(r, m) for r, m in by_kind.get("Service", []))
-        return cls(namespaces, tuple(endpoints), services, owners)
+        return cls(namespaces, tuple(endpoints), services, owners, created)
 
     def merged(self, other: Inventory) -> Inventory:
         """Union of two snapshots; the later one (``other``) wins for the same object."""
@@ -92,13 +99,33 @@ class Inventory:
         svcs = {(s.namespace, s.name): s for s in self.services} | {
             (s.namespace, s.name): s for s in other.services}
         return Inventory({**self.namespaces, **other.namespaces}, tuple(eps.values()),
-                         tuple(svcs.values()), {**self.owners, **other.owners})
+                         tuple(svcs.values()), {**self.owners, **other.owners},
+                         {**self.created, **other.created})
 
     def endpoint(self, identity: str) -> Endpoint | None:
         return self._by_name.get(identity)
 
     def endpoint_for_ip(self, ip: IpAddress) -> Endpoint | None:
         return self._by_ip.get(ip)
+
+    def endpoints_with_ip(self, ip: IpAddress) -> tuple[Endpoint, ...]:
+        """Every pod that held ``ip`` in any snapshot."""
+        return tuple(self._all_by_ip.get(ip, ()))
+
+    def endpoint_at(self, ip: IpAddress, when: float) -> Endpoint | None:
+        """The pod that held ``ip`` at Unix time ``when``: of the pods with that IP in any
+        snapshot, the one created last at or before ``when`` (the earliest if all came later;
+        pods without a creation time count as created at the epoch)."""
+        pods = self._all_by_ip.get(ip)
+        if not pods:
+            return None
+        if len(pods) == 1:
+            return pods[0]
+        stamps = [self.created.get(p.identity, 0.0) for p in pods]
+        before = [(t, p.identity, p) for t, p in zip(stamps, pods, strict=True) if t <= when]
+        if before:
+            return max(before, key=lambda x: (x[0], x[1]))[2]
+        return min(zip(stamps, (p.identity for p in pods), pods, strict=True))[2]
 
     def services_for_ip(self, ip: IpAddress) -> tuple[Service, ...]:
         return tuple(s for s in self.services if ip in s.cluster_ips)
@@ -123,6 +150,14 @@ class Inventory:
     def _by_ip(self) -> dict[IpAddress, Endpoint]:
         return {ip: e for e in self.endpoints for ip in e.ips}
 
+    @cached_property
+    def _all_by_ip(self) -> dict[IpAddress, list[Endpoint]]:
+        out: dict[IpAddress, list[Endpoint]] = {}
+        for e in self.endpoints:
+            for ip in e.ips:
+                out.setdefault(ip, []).append(e)
+        return out
+
 
 def _backends(endpoints: tuple[Endpoint, ...], svc: Service,
               sp: ServicePort) -> list[tuple[Endpoint, int]]:
@@ -138,6 +173,17 @@ def _backends(endpoints: tuple[Endpoint, ...], svc: Service,
         if number is not None:  # a named targetPort the pod lacks gets no traffic
             out.append((ep, number))
     return out
+
+
+def _timestamp(r: FieldReader, value: object, path: str) -> float | None:
+    """An RFC 3339 timestamp as Kubernetes prints it (``2026-11-27T14:24:21Z``)."""
+    if value is None:
+        return None
+    text = r.string(value, path) or ""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError as e:
+        raise r.fail(path, value, "must be an RFC 3339 time like 2026-11-27T14:24:21Z") from e
 
 
 def _meta(r: FieldReader, m: Mapping[str, Any], namespaced: bool) -> Mapping[str, Any]:

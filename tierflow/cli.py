@@ -104,3 +104,7 @@ def lint(paths: tuple[str, ...], output: str) -> None:
 def main() -> None:
     cli(prog_name="tierflow")
 
+
+
+# The store's commands live in their own module; importing it registers them on `cli`.
+from tierflow import store_cli  # noqa: E402, F401

@@ -1,0 +1,61 @@
+"""DuckDB over the flow store, read-only and offline.
+
+:func:`connect` opens an in-memory DuckDB whose ``flows`` view reads the store's committed
+Parquet files (with the hive partition columns ``date`` and ``hour``). The connection can read
+those files and nothing else: extension auto-loading and installing are off (no downloads), and
+file-system access is limited to the store's files and then locked, so a query can neither
+write into the store nor read elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from ingest.schema import FLOWS
+from ingest.store import Store
+
+__all__ = ["QueryError", "connect", "query"]
+
+
+class QueryError(ValueError):
+    """SQL that DuckDB refused: the first line of its message."""
+
+_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+           "allow_community_extensions": False}
+
+
+def connect(root: str | os.PathLike[str], threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only view of the store at ``root`` (the ``flows`` view is empty, with the flow
+    schema, when nothing has been ingested yet)."""
+    store = Store(root)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{root}: no such store directory (ingest into it first, "
+                                "e.g. tierflow ingest pcap FILE --store DIR)")
+    files = [str(p) for p in store.files()]
+    config = dict(_CONFIG)
+    if threads:
+        config["threads"] = str(threads)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET allowed_paths = ?", [files])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    if files:
+        con.read_parquet(files, hive_partitioning=True, union_by_name=True).create_view("flows")
+    else:
+        empty = FLOWS.empty_table()
+        con.from_arrow(empty).create_view("flows")
+    return con
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str,
+          parameters: list[object] | None = None) -> pa.Table:
+    """Run ``sql`` with bound ``parameters`` and return the result as Arrow."""
+    try:
+        rel = con.sql(sql, params=parameters or None)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as e:
+        raise QueryError(str(e).splitlines()[0]) from e

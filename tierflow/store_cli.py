@@ -1,0 +1,187 @@
+"""``tierflow ingest``, ``tierflow sql`` and ``tierflow compact``: the store's commands.
+
+On a terminal, ingest shows a progress bar per file and a readable summary; otherwise
+(cron, CI, pipes) it prints nothing but one JSON summary line, so jobs stay quiet and
+machine-readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from analytics.db import connect, query
+from ingest.compact import compact_store
+from ingest.flows import Aggregation, FlowBuilder
+from ingest.identity import Resolver
+from ingest.jobs import IngestSummary, ingest_calico, ingest_conntrack, ingest_pcap
+from ingest.store import Store
+from policy import Evaluator
+from policy.batch import BatchEvaluator
+from tierflow.cli import cli, domain_errors
+from tierflow.inputs import load_inventory, load_policies
+
+
+@cli.command()
+@click.argument("source", type=click.Choice(["pcap", "calico", "conntrack"]))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", required=True, type=click.Path(file_okay=False),
+              help="Store directory (created if missing).")
+@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
+              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output "
+              "(repeatable; snapshots at different times are all used).")
+@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
+              help="Policy documents in force, to compute action and policy traces "
+              "(repeatable). Network sets among them type IPs as 'ns'.")
+@click.option("--aggregation", type=click.IntRange(0, 3), default=None,
+              help="Aggregation level for allowed and denied flows alike.")
+@click.option("--aggregation-allowed", type=click.IntRange(0, 3), default=2, show_default=True)
+@click.option("--aggregation-denied", type=click.IntRange(0, 3), default=1, show_default=True)
+@click.option("--interval", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="Flush interval in seconds (each record covers one).")
+@click.option("--host", default=None, help="Node name for the records [default: this host].")
+@click.option("--at", "at", multiple=True, type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S"]),
+              help="conntrack: when each snapshot was taken, in UTC, one per file "
+              "[default: file modification times].")
+@click.option("--wait", type=float, default=None,
+              help="Seconds to wait for another job's store lock [default: forever].")
+@click.option("--output", type=click.Choice(["auto", "text", "json"]), default="auto",
+              help="Summary format [default: text on a terminal, JSON otherwise].")
+@domain_errors
+def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[str, ...],
+           policies: tuple[str, ...], aggregation: int | None, aggregation_allowed: int,
+           aggregation_denied: int, interval: int, host: str | None, at: tuple[datetime, ...],
+           wait: float | None, output: str) -> None:
+    """Ingest captures, Calico flow logs or conntrack snapshots into a Parquet store."""
+    if at and len(at) != len(paths):
+        raise click.UsageError(f"--at given {len(at)} time(s) for {len(paths)} file(s)")
+    tty = sys.stderr.isatty()
+    node = host or socket.gethostname()
+    with _progress(tty) as progress:
+        st = Store(store)
+        if source == "calico":
+            summary = ingest_calico(paths, st, host=host, progress=progress, wait=wait)
+        else:
+            levels = Aggregation(aggregation if aggregation is not None else aggregation_allowed,
+                                 aggregation if aggregation is not None else aggregation_denied)
+            builder = _builder(inventories, policies, levels, node, source)
+            if source == "pcap":
+                summary = ingest_pcap(paths, st, builder, interval, progress, wait)
+            else:
+                times = [t.replace(tzinfo=UTC) for t in at] or None
+                summary = ingest_conntrack(paths, st, builder, interval, times, progress, wait)
+    _report(summary, output if output != "auto" else ("text" if tty else "json"))
+
+
+def _builder(inventories: tuple[str, ...], policies: tuple[str, ...], levels: Aggregation,
+             host: str, collector: str) -> FlowBuilder:
+    inv = load_inventory(inventories) if inventories else None
+    policy_set = load_policies(policies) if policies else None
+    sets = policy_set.network_sets if policy_set else ()
+    evaluator = None
+    if policy_set is not None:
+        namespaces = inv.namespaces if inv else {}
+        lookup = (lambda ns, name: inv.endpoint(f"{ns}/{name}")) if inv else None
+        evaluator = BatchEvaluator(Evaluator(policy_set, namespaces), lookup, namespaces)
+    return FlowBuilder(Resolver(inv, sets), evaluator, levels, host, collector)
+
+
+def _report(summary: IngestSummary, output: str) -> None:
+    if output == "json":
+        data = asdict(summary)
+        data["seconds"] = round(summary.seconds, 3)
+        click.echo(json.dumps(data, separators=(",", ":")))
+        return
+    for message in summary.messages:
+        click.echo(f"tierflow: rejected: {message}", err=True)
+    if summary.rejected > len(summary.messages):
+        click.echo(f"tierflow: ... and {summary.rejected - len(summary.messages)} more "
+                   "(kept in the store's rejects/)", err=True)
+    click.echo(summary.line())
+
+
+@contextmanager
+def _progress(tty: bool) -> Iterator[Callable[[str, int, int], None]]:
+    if not tty:
+        yield lambda _f, _d, _t: None
+        return
+    tasks: dict[str, Any] = {}
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+
+        def update(file: str, done: int, total: int) -> None:
+            if file not in tasks:
+                tasks[file] = bar.add_task(file, total=total)
+            bar.update(tasks[file], completed=done)
+
+        yield update
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="json: one object per row.")
+@domain_errors
+def sql(sql: str, store: str, output: str) -> None:
+    """Run SQL against the store's ``flows`` view (read-only, offline DuckDB)."""
+    table = query(connect(store), sql)
+    rows = table.to_pylist()
+    if output == "json":
+        for row in rows:
+            click.echo(json.dumps(row, default=_json_default, separators=(",", ":")))
+    elif output == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(table.column_names)
+        writer.writerows([[_cell(v) for v in row.values()] for row in rows])
+    else:
+        _table(table.column_names, rows)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=_json_default)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]]) -> None:
+    t = Table(*columns, show_edge=False)
+    for row in rows:
+        t.add_row(*(_cell(v) for v in row.values()))
+    Console(width=max(120, 20 * len(columns)), soft_wrap=True).print(t)
+    click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", err=True)
+
+
+@cli.command()
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--target-rows", type=click.IntRange(1), default=5_000_000, show_default=True,
+              help="Merge an hour's files into files of at most this many rows.")
+@click.option("--wait", type=float, default=None)
+@domain_errors
+def compact(store: str, target_rows: int, wait: float | None) -> None:
+    """Merge each hour's small files; query results are unchanged."""
+    result = compact_store(Store(store), target_rows=target_rows, wait=wait)
+    click.echo(f"compacted {result.partitions} partition(s): {result.files_before} files -> "
+               f"{result.files_after}, {result.rows} rows")
