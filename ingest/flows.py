@@ -90,15 +90,14 @@ class FlowBuilder:
             return FLOWS.empty_table()
         seg = pl.from_arrow(segments)
         assert isinstance(seg, pl.DataFrame)
-        sides = self._resolve(seg)
-        domains = self._domains(seg, sides, dns)
+        sides, domains = self._resolve(seg, dns)
         rows = self._reported(seg, sides, domains)
         rows = self._decide(rows)
         return self._aggregate(rows, sides)
 
     # -- identities ----------------------------------------------------------------------
 
-    def _resolve(self, seg: pl.DataFrame) -> _Sides:
+    def _resolve(self, seg: pl.DataFrame, dns: pa.Table | None) -> tuple[_Sides, pl.Series]:
         infos: list[EndpointInfo] = []
         index: dict[EndpointInfo, int] = {}
 
@@ -112,11 +111,12 @@ class FlowBuilder:
 
         src_wep = self._workloads(seg, "src_ip", intern)
         dst_wep = self._workloads(seg, "dst_ip", intern)
+        domains = self._domains(seg, dst_wep < 0, dns)
         namespaces = pl.Series([i.namespace for i in infos] + [None], dtype=pl.String)
         src = self._externals(seg["src_ip"], src_wep, namespaces[dst_wep], intern)
-        dst = self._externals(seg["dst_ip"], dst_wep, namespaces[src_wep], intern)
+        dst = self._externals(seg["dst_ip"], dst_wep, namespaces[src_wep], intern, domains)
         services, service = self._services(seg)
-        return _Sides(infos, src, dst, services, service)
+        return _Sides(infos, src, dst, services, service), domains
 
     def _workloads(self, seg: pl.DataFrame, column: str,
                    intern: Callable[[EndpointInfo | None], int]) -> np.ndarray:
@@ -133,7 +133,7 @@ class FlowBuilder:
                 continue
             ep = resolver.workload(ip, 0.0)
             ids[text] = intern(resolver.describe_workload(ep) if ep else None)
-        out = seg[column].replace_strict(ids, default=-1, return_dtype=pl.Int64).to_numpy()
+        out = seg[column].replace_strict(ids, default=-1, return_dtype=pl.Int64).to_numpy().copy()
         if moving:
             rows = np.flatnonzero(seg[column].is_in(moving).to_numpy())
             when = seg["conn_start"].dt.epoch("us").to_numpy()[rows] / 1e6
@@ -143,18 +143,24 @@ class FlowBuilder:
         return np.asarray(out, dtype=np.int64)
 
     def _externals(self, ips: pl.Series, own: np.ndarray, preferred: pl.Series,
-                   intern: Callable[[EndpointInfo | None], int]) -> np.ndarray:
+                   intern: Callable[[EndpointInfo | None], int],
+                   domains: pl.Series | None = None) -> np.ndarray:
         """Fill the non-workload sides, once per distinct (IP, namespace of the pod at the
-        other end): a network set (preferring that namespace's sets) or ``net``."""
+        other end, domains): a network set (preferring that namespace's sets; a CIDR match
+        before a domain match) or ``net``."""
         rows = np.flatnonzero(own < 0)
         if not len(rows):
             return own
-        pairs = pl.DataFrame({"ip": ips.gather(rows), "ns": preferred.gather(rows)})
+        names = (domains if domains is not None else
+                 pl.Series([None] * len(own), dtype=pl.List(pl.String))).gather(rows)
+        pairs = pl.DataFrame({"ip": ips.gather(rows), "ns": preferred.gather(rows),
+                              "domains": names})
+        keys = ["ip", "ns", "domains"]
         distinct = pairs.unique(maintain_order=True)
-        ids = [intern(self.resolver.describe_external(_ip(ip), ns))
-               for ip, ns in distinct.iter_rows()]
+        ids = [intern(self.resolver.describe_external(_ip(ip), ns, tuple(d or ())))
+               for ip, ns, d in distinct.iter_rows()]
         mapped = pairs.join(distinct.with_columns(id=pl.Series(ids, dtype=pl.Int64)),
-                            on=["ip", "ns"], how="left", nulls_equal=True,
+                            on=keys, how="left", nulls_equal=True,
                             maintain_order="left")["id"].to_numpy()
         out = own.copy()
         out[rows] = mapped
@@ -174,12 +180,13 @@ class FlowBuilder:
 
     # -- domains -------------------------------------------------------------------------
 
-    def _domains(self, seg: pl.DataFrame, sides: _Sides, dns: pa.Table | None) -> pl.Series:
-        """Names the client resolved to the destination IP, valid at the connection's start."""
+    def _domains(self, seg: pl.DataFrame, external: np.ndarray,
+                 dns: pa.Table | None) -> pl.Series:
+        """Names the client resolved to the destination IP, valid at the connection's start
+        (for destinations that are not workloads)."""
         n = seg.height
         if dns is None or dns.num_rows == 0:
             return pl.Series("dest_domains", [None] * n, dtype=pl.List(pl.String))
-        external = np.array([sides.infos[i].type not in ("wep", "hep") for i in sides.dst])
         answers = pl.from_arrow(dns)
         assert isinstance(answers, pl.DataFrame)
         answers = answers.with_columns(expires=pl.col("time") + pl.duration(seconds="ttl"))

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ingest.inventory import Inventory
+from policy.domains import DomainPattern
 from policy.endpoints import Endpoint, IpAddress
 from policy.model import NetworkSet
 
@@ -102,6 +103,13 @@ class _SetIndex:
         return out
 
 
+def _group(s: NetworkSet, preferred_namespace: str | None) -> int:
+    """Calico's namespace isolation: the local workload's namespace, global, the rest."""
+    if s.namespace is not None and s.namespace == preferred_namespace:
+        return 0
+    return 1 if s.namespace is None else 2
+
+
 class Resolver:
     """Types IPs as Calico would, from an inventory (optional) and network sets (optional)."""
 
@@ -110,6 +118,8 @@ class Resolver:
         self.inventory = inventory
         self._sets = _SetIndex(network_sets)
         self._has_sets = bool(network_sets)
+        self._domain_sets = [(s, tuple(DomainPattern(d) for d in s.allowed_egress_domains))
+                             for s in network_sets if s.allowed_egress_domains]
 
     def workload(self, ip: IpAddress, when: float) -> Endpoint | None:
         return self.inventory.endpoint_at(ip, when) if self.inventory else None
@@ -133,11 +143,21 @@ class Resolver:
 
         def rank(item: tuple[int, NetworkSet]) -> tuple[int, int, str]:
             plen, s = item
-            group = 0 if s.namespace is not None and s.namespace == preferred_namespace else (
-                1 if s.namespace is None else 2)
-            return group, -plen, s.identity
+            return _group(s, preferred_namespace), -plen, s.identity
 
         return min(found, key=rank)[1]
+
+    def domain_set(self, domains: Sequence[str],
+                   preferred_namespace: str | None) -> NetworkSet | None:
+        """The set whose ``allowedEgressDomains`` match one of ``domains`` (Calico's
+        wildcards), by the same namespace priority as CIDRs, then the smallest identity."""
+        if not domains or not self._domain_sets:
+            return None
+        found = [s for s, patterns in self._domain_sets
+                 if any(p.matches(d) for p in patterns for d in domains)]
+        if not found:
+            return None
+        return min(found, key=lambda s: (_group(s, preferred_namespace), s.identity))
 
     def describe(self, ip: IpAddress, when: float,
                  preferred_namespace: str | None = None) -> EndpointInfo:
@@ -148,8 +168,13 @@ class Resolver:
             return self.describe_workload(ep)
         return self.describe_external(ip, preferred_namespace)
 
-    def describe_external(self, ip: IpAddress, preferred_namespace: str | None) -> EndpointInfo:
-        s = self.network_set(ip, preferred_namespace)
+    def describe_external(self, ip: IpAddress, preferred_namespace: str | None,
+                          domains: Sequence[str] = ()) -> EndpointInfo:
+        """A non-workload IP: the network set containing it (by CIDR, else by one of the
+        ``domains`` it was resolved from matching the set's ``allowedEgressDomains``), or
+        ``net``."""
+        s = self.network_set(ip, preferred_namespace) or self.domain_set(
+            domains, preferred_namespace)
         if s is not None:
             return EndpointInfo("ns", s.name, s.name, s.namespace or "-", s.labels)
         return net_info(ip)
