@@ -57,13 +57,15 @@ from tierflow.inputs import load_inventory, load_policies
               "[default: file modification times].")
 @click.option("--wait", type=float, default=None,
               help="Seconds to wait for another job's store lock [default: forever].")
+@click.option("--batch-lines", type=click.IntRange(1), default=200_000, show_default=True,
+              help="calico: lines per commit (bounds memory; a killed job redoes at most one).")
 @click.option("--output", type=click.Choice(["auto", "text", "json"]), default="auto",
               help="Summary format [default: text on a terminal, JSON otherwise].")
 @domain_errors
 def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[str, ...],
            policies: tuple[str, ...], aggregation: int | None, aggregation_allowed: int,
            aggregation_denied: int, interval: int, host: str | None, at: tuple[datetime, ...],
-           wait: float | None, output: str) -> None:
+           wait: float | None, batch_lines: int, output: str) -> None:
     """Ingest captures, Calico flow logs or conntrack snapshots into a Parquet store."""
     if at and len(at) != len(paths):
         raise click.UsageError(f"--at given {len(at)} time(s) for {len(paths)} file(s)")
@@ -72,7 +74,8 @@ def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[s
     with _progress(tty) as progress:
         st = Store(store)
         if source == "calico":
-            summary = ingest_calico(paths, st, host=host, progress=progress, wait=wait)
+            summary = ingest_calico(paths, st, host=host, progress=progress, wait=wait,
+                                    batch_lines=batch_lines)
         else:
             levels = Aggregation(aggregation if aggregation is not None else aggregation_allowed,
                                  aggregation if aggregation is not None else aggregation_denied)
