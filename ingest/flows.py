@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import polars as pl
@@ -66,6 +66,11 @@ class _Sides:
     dst: np.ndarray
     services: list[ServiceInfo | None]
     service: np.ndarray
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """type, namespace, name, name_aggr, labels per info id."""
+        return _info_table(self.infos)
 
 
 class FlowBuilder:
@@ -134,12 +139,14 @@ class FlowBuilder:
             ep = resolver.workload(ip, 0.0)
             ids[text] = intern(resolver.describe_workload(ep) if ep else None)
         out = seg[column].replace_strict(ids, default=-1, return_dtype=pl.Int64).to_numpy().copy()
-        if moving:
-            rows = np.flatnonzero(seg[column].is_in(moving).to_numpy())
-            when = seg["conn_start"].dt.epoch("us").to_numpy()[rows] / 1e6
-            for i, text, t in zip(rows, seg[column].gather(rows).to_list(), when, strict=True):
-                ep = resolver.workload(_ip(text), float(t))
-                out[i] = intern(resolver.describe_workload(ep) if ep else None)
+        when = seg["conn_start"].dt.epoch("us").to_numpy() / 1e6
+        column_values = seg[column]
+        for text in moving:  # the pod created last before the connection started
+            rows = np.flatnonzero((column_values == text).to_numpy())
+            stamps, pods = resolver.inventory.timeline(_ip(text))  # type: ignore[union-attr]
+            pick = np.maximum(np.searchsorted(stamps, when[rows], side="right") - 1, 0)
+            info = np.array([intern(resolver.describe_workload(p)) for p in pods])
+            out[rows] = info[pick]
         return np.asarray(out, dtype=np.int64)
 
     def _externals(self, ips: pl.Series, own: np.ndarray, preferred: pl.Series,
@@ -239,7 +246,7 @@ class FlowBuilder:
             packets_out=f"packets_{fwd}", packets_in=f"packets_{rev}",
         )
         table = out.to_arrow()
-        infos = _info_table(sides.infos)
+        infos = sides.table
         for side, ids in (("source", sides.src[rows]), ("dest", sides.dst[rows])):
             picked = infos.take(pa.array(ids))
             for col in picked.column_names:
@@ -339,9 +346,7 @@ class FlowBuilder:
             host=pl.lit(self.host), collector=pl.lit(self.collector),
         ).drop("src_infos", "dst_infos").to_arrow()
         for side, col in (("source", "src_infos"), ("dest", "dst_infos")):
-            labels = [_common_labels(sides.infos, ids) for ids in out[col].to_list()]
-            table = table.append_column(f"{side}_labels", pa.array(
-                [None if v is None else list(v) for v in labels], _LABELS))
+            table = table.append_column(f"{side}_labels", _labels(out[col], sides))
         if self.evaluator is not None:
             for col in ("enforced", "pending"):
                 ids = table[f"{col}_id"].to_numpy()
@@ -349,6 +354,19 @@ class FlowBuilder:
                 table = table.append_column(f"{col}_policies", traces.take(
                     pa.array(np.where(ids < 0, len(self.traces), ids))))
         return conform(table.sort_by([("start_time", "ascending")]))
+
+
+def _labels(ids: pl.Series, sides: _Sides) -> pa.Array:
+    """Per record, the labels of its one endpoint (taken columnar), or for records that
+    aggregate several endpoints the labels all of them have."""
+    n = ids.list.len().to_numpy()
+    picked = ids.list.first().fill_null(0).to_numpy().astype(np.int64)
+    multi = np.flatnonzero(n > 1)
+    extra = [_common_labels(sides.infos, group) for group in ids.gather(multi).to_list()]
+    picked[multi] = len(sides.infos) + np.arange(len(multi))
+    base = sides.table["labels"].combine_chunks()
+    more = _label_maps(extra)
+    return pa.concat_arrays([base, more]).take(pa.array(picked))
 
 
 def _common_labels(infos: Sequence[EndpointInfo], ids: Sequence[int]
@@ -369,9 +387,21 @@ def _info_table(infos: Sequence[EndpointInfo]) -> pa.Table:
         "namespace": pa.array([i.namespace for i in infos], pa.string()),
         "name": pa.array([i.name for i in infos], pa.string()),
         "name_aggr": pa.array([i.name_aggr for i in infos], pa.string()),
-        "labels": pa.array([None if i.labels is None else list(i.labels) for i in infos],
-                           pa.map_(pa.string(), pa.string())),
+        "labels": _label_maps([i.labels for i in infos]),
     })
+
+
+def _label_maps(labels: Sequence[tuple[tuple[str, str], ...] | None]) -> pa.MapArray:
+    """A map<string,string> array built from flat keys and values (pa.array of tuples is
+    far slower)."""
+    sizes = np.fromiter((len(v) if v is not None else 0 for v in labels), np.int32,
+                        count=len(labels))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+    flat = [kv for v in labels if v for kv in v]
+    keys = pa.array([k for k, _ in flat], pa.string())
+    values = pa.array([v for _, v in flat], pa.string())
+    mask = pa.array([v is None for v in labels], pa.bool_())
+    return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
 
 
 def _service_table(services: Sequence[ServiceInfo | None]) -> pa.Table:

@@ -127,6 +127,13 @@ class Inventory:
             return max(before, key=lambda x: (x[0], x[1]))[2]
         return min(zip(stamps, (p.identity for p in pods), pods, strict=True))[2]
 
+    def timeline(self, ip: IpAddress) -> tuple[list[float], list[Endpoint]]:
+        """The pods that held ``ip``, by creation time (then identity): ``endpoint_at(ip, t)``
+        is ``pods[max(0, bisect_right(stamps, t) - 1)]``."""
+        pods = sorted(self._all_by_ip.get(ip, ()),
+                      key=lambda p: (self.created.get(p.identity, 0.0), p.identity))
+        return [self.created.get(p.identity, 0.0) for p in pods], pods
+
     def services_for_ip(self, ip: IpAddress) -> tuple[Service, ...]:
         return tuple(s for s in self.services if ip in s.cluster_ips)
 

@@ -19,11 +19,12 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from policy import keys
 from policy.endpoints import Endpoint, Peer
 from policy.evaluate import DirectionVerdict, Evaluator, Flow
-from policy.model import Direction
+from policy.model import Direction, NetworkSet
 from policy.rules import protocol_number
 
 __all__ = ["KEY_COLUMNS", "BatchEvaluator", "BatchResult"]
@@ -70,12 +71,13 @@ class BatchEvaluator:
         self.evaluator = evaluator
         self.lookup = endpoint_lookup
         self.namespaces = {k: tuple(sorted(v.items())) for k, v in (namespaces or {}).items()}
+        self.uses = _Uses.of(evaluator)
 
     def evaluate(self, table: pa.Table) -> BatchResult:
         missing = [c for c in KEY_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"flow table lacks columns {', '.join(missing)} (flow-log schema)")
-        enc = {c: keys.encode(table[c]) for c in KEY_COLUMNS}
+        enc = {c: self._encode(table, c) for c in KEY_COLUMNS}
         gid, reps = keys.factorize(list(enc.values()))
         # Endpoint sides (type, namespace, names, labels, IP) repeat across keys: build each
         # distinct side's Endpoint once, so its label set and policy lookups are shared.
@@ -101,6 +103,57 @@ class BatchEvaluator:
             pending_action=pa.DictionaryArray.from_arrays(pa.array(pact[gid]), dictionary),
             trace_id=gid, enforced=enforced, pending=pending, keys=len(reps),
         )
+
+    def _encode(self, table: pa.Table, column: str) -> keys.Encoded:
+        """Key codes of ``column``, coarsened where no policy can tell values apart: source
+        ports when no rule has source ports, domains when nothing matches domains, and an
+        IP by the network sets containing it when no rule has nets or an IP version. The
+        evaluation still sees each group's real representative row, so this is exact."""
+        uses = self.uses
+        if column == "source_port" and not uses.source_ports:
+            return keys.encode(pa.nulls(table.num_rows, pa.int32()))
+        if column == "dest_domains" and not uses.domains:
+            return keys.encode(pa.nulls(table.num_rows, pa.int32()))
+        if column.endswith("_ip") and not uses.ips:
+            return keys.encode(self._membership(table[column]))
+        if column in ("source_name", "dest_name"):
+            return keys.encode(self._profiles(table, column.removesuffix("_name")))
+        return keys.encode(table[column])
+
+    def _profiles(self, table: pa.Table, side: str) -> pa.Array:
+        """Per row, an id of what the pod's name tells the evaluator beyond the other key
+        columns: the service account and named ports the look-up gives (nothing without a
+        look-up, nothing for a non-pod). Pods alike in these share keys."""
+        cols = [keys.encode(table[f"{side}_{c}"]) for c in ("type", "namespace", "name",
+                                                          "name_aggr")]
+        gid, reps = keys.factorize(cols)
+        rows = table.select([f"{side}_{c}" for c in ("type", "namespace", "name", "name_aggr")]
+                            ).take(pa.array(reps)).to_pylist()
+        ids: dict[object, int] = {}
+        per_rep = np.fromiter((ids.setdefault(self._profile(side, r), len(ids)) for r in rows),
+                              dtype=np.int64, count=len(rows))
+        return pa.array(per_rep[gid])
+
+    def _profile(self, side: str, row: Mapping[str, object]) -> object:
+        if self.lookup is None or row[f"{side}_type"] != "wep":
+            return None
+        name = str(row[f"{side}_name"] or "-")
+        known = self.lookup(str(row[f"{side}_namespace"] or "-"),
+                            name if name != "-" else str(row[f"{side}_name_aggr"] or "-"))
+        if known is None:
+            return None
+        return (known.service_account, known.service_account_labels, known.named_ports)
+
+    def _membership(self, ips: pa.ChunkedArray) -> pa.Array:
+        """Per row, an id of the set of network sets containing its IP (null stays null)."""
+        encoded = pc.dictionary_encode(ips).combine_chunks()
+        sets = self.evaluator.network_sets
+        ids: dict[tuple[int, ...], int] = {}
+        per_value = np.fromiter(
+            (ids.setdefault(_containing(sets, ip), len(ids))
+             for ip in encoded.dictionary.to_pylist()), dtype=np.int64,
+            count=len(encoded.dictionary))
+        return pa.array(per_value).take(encoded.indices)
 
     def _sides(self, table: pa.Table, enc: Mapping[str, keys.Encoded], reps: np.ndarray,
                side: str) -> list[Peer]:
@@ -171,6 +224,34 @@ class BatchEvaluator:
                             known.generate_name)
         return Endpoint(ns, name, pairs, service_account=None,
                         namespace_labels=self.namespaces.get(ns, ()))
+
+
+@dataclass(frozen=True)
+class _Uses:
+    """Which flow facts any policy of the set (enforced or staged) can look at."""
+
+    source_ports: bool
+    domains: bool
+    ips: bool  # beyond network-set membership: nets/notNets rules, ipVersion
+
+    @classmethod
+    def of(cls, evaluator: Evaluator) -> _Uses:
+        rules = [r for p in evaluator.policy_set.policies
+                 for r in (*p.ingress, *p.egress)]
+        return cls(
+            source_ports=any(r.source.ports or r.source.not_ports for r in rules),
+            domains=any(r.destination.domains or r.source.domains for r in rules)
+            or any(s.allowed_egress_domains for s in evaluator.policy_set.network_sets),
+            ips=any(r.ip_version is not None or e.nets or e.not_nets
+                    for r in rules for e in (r.source, r.destination)),
+        )
+
+
+def _containing(sets: tuple[NetworkSet, ...], ip: object) -> tuple[int, ...]:
+    if ip is None:
+        return (-1,)
+    address = ipaddress.ip_address(str(ip))
+    return tuple(i for i, s in enumerate(sets) if any(address in n for n in s.nets))
 
 
 @lru_cache(maxsize=256)

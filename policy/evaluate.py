@@ -133,6 +133,7 @@ class Evaluator:
             _SetInfo(_set_labels(s, namespaces or {}), s,
                      tuple(DomainPattern(d) for d in s.allowed_egress_domains))
             for s in policy_set.network_sets)
+        self.network_sets = policy_set.network_sets
         self.views_identical = policy_set.enforced() == policy_set.pending()
         self._index = {False: _PolicyIndex(self._enforced), True: _PolicyIndex(self._pending)}
         self._applicable: dict[tuple[int, LabelSet, Direction], _View] = {}
