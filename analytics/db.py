@@ -10,6 +10,7 @@ write into the store nor read elsewhere.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import duckdb
@@ -18,7 +19,7 @@ import pyarrow as pa
 from ingest.schema import FLOWS
 from ingest.store import Store
 
-__all__ = ["QueryError", "connect", "query"]
+__all__ = ["QueryError", "connect", "define_views", "query", "sql_text"]
 
 
 class QueryError(ValueError):
@@ -42,17 +43,30 @@ def connect(root: str | os.PathLike[str], threads: int | None = None) -> duckdb.
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET allowed_paths = ?", [files])
     con.execute("SET enable_external_access = false")
+    con.execute("SET TimeZone = 'UTC'")
     con.execute("SET lock_configuration = true")
     if files:
         con.read_parquet(files, hive_partitioning=True, union_by_name=True).create_view("flows")
     else:
         empty = FLOWS.empty_table()
         con.from_arrow(empty).create_view("flows")
+    define_views(con)
     return con
 
 
+def sql_text(name: str) -> str:
+    """The text of ``analytics/sql/<name>.sql``."""
+    return resources.files("analytics").joinpath("sql", f"{name}.sql").read_text()
+
+
+def define_views(con: duckdb.DuckDBPyConnection) -> None:
+    """The macros and views over an existing ``flows`` view: ``policy_hits``, ``endpoints``."""
+    for name in ("macros", "views"):
+        con.execute(sql_text(name))
+
+
 def query(con: duckdb.DuckDBPyConnection, sql: str,
-          parameters: list[object] | None = None) -> pa.Table:
+          parameters: list[object] | dict[str, object] | None = None) -> pa.Table:
     """Run ``sql`` with bound ``parameters`` and return the result as Arrow."""
     try:
         rel = con.sql(sql, params=parameters or None)

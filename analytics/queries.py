@@ -1,0 +1,56 @@
+"""The questions the store answers, one ``.sql`` file each, run with bound parameters.
+
+Each function takes a connection from :func:`analytics.db.connect`, a :class:`Window` and
+filters, and returns an Arrow table. ``board`` is the Policies Board (per tier, policy and rule;
+reference/calico.md §9); ``flows`` the flow visualizer's edges; ``denied``, ``unprotected``,
+``external``, ``talkers`` and ``timeseries`` the usual follow-up questions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from analytics.db import query, sql_text
+from analytics.window import Window
+
+ALL_TIME = Window()
+
+__all__ = ["ALL_TIME", "board", "external", "flows", "talkers", "timeseries", "unprotected"]
+
+
+def _run(con: duckdb.DuckDBPyConnection, name: str, window: Window,
+         **params: Any) -> pa.Table:
+    return query(con, sql_text(name), {**window.parameters(), **params})  # type: ignore[arg-type]
+
+
+def board(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME) -> pa.Table:
+    return _run(con, "board", window)
+
+
+def flows(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
+          namespace: str | None = None, workload: str | None = None,
+          action: str | None = None, reporter: str | None = None) -> pa.Table:
+    return _run(con, "flows", window, namespace=namespace, workload=workload, action=action,
+                reporter=reporter)
+
+
+def unprotected(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
+                namespace: str | None = None) -> pa.Table:
+    return _run(con, "unprotected", window, namespace=namespace)
+
+
+def external(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
+             namespace: str | None = None) -> pa.Table:
+    return _run(con, "external", window, namespace=namespace)
+
+
+def talkers(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
+            limit: int = 20) -> pa.Table:
+    return _run(con, "talkers", window, limit=limit)
+
+
+def timeseries(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME) -> pa.Table:
+    return _run(con, "timeseries", window)

@@ -1,0 +1,11 @@
+-- Per flush interval: records, connections and bytes, allowed and denied.
+-- Parameters: $since, $until.
+SELECT start_time,
+       count(*) AS records,
+       coalesce(sum(num_flows) FILTER (action = 'allow'), 0)::BIGINT AS allowed_connections,
+       coalesce(sum(num_flows) FILTER (action = 'deny'), 0)::BIGINT AS denied_connections,
+       sum(bytes_in + bytes_out)::BIGINT AS bytes
+FROM flows
+WHERE end_time > $since AND start_time < $until
+GROUP BY start_time
+ORDER BY start_time
