@@ -29,7 +29,8 @@ _CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": F
            "allow_community_extensions": False}
 
 
-def connect(root: str | os.PathLike[str], threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(root: str | os.PathLike[str], threads: int | None = None,
+            memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only view of the store at ``root`` (the ``flows`` view is empty, with the flow
     schema, when nothing has been ingested yet)."""
     store = Store(root)
@@ -40,6 +41,8 @@ def connect(root: str | os.PathLike[str], threads: int | None = None) -> duckdb.
     config = dict(_CONFIG)
     if threads:
         config["threads"] = str(threads)
+    if memory_limit:  # e.g. "1GB"; DuckDB spills to its temp directory beyond it
+        config["memory_limit"] = memory_limit
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET allowed_paths = ?", [files])
     con.execute("SET enable_external_access = false")
