@@ -2,7 +2,9 @@
 -- tier, policy and rule, the packets and bytes of every record whose enforced or pending trace
 -- hit it (each rule once per record), by the hit's action and in/out as the reporting endpoint
 -- saw them; connections in for dst-reported and out for src-reported records; first and last
--- hit. End-of-tier hits (rule -1) are credited to the policy that triggered them.
+-- hit. End-of-tier hits (rule -1) are credited to the policy that triggered them. A rule's
+-- direction is the reporter's: ingress rules decide dst-reported records, egress rules
+-- src-reported ones (Calico's rule_direction).
 -- Parameters: $since, $until (timestamps; records overlapping the window count).
 WITH records AS (
     SELECT reporter, packets_in, packets_out, bytes_in, bytes_out, num_flows,
@@ -35,7 +37,9 @@ parsed AS (
            * EXCLUDE (hit)
     FROM per_hit
 )
-SELECT tier, kind, namespace, policy, rule, starts_with(kind, 'Staged') AS staged,
+SELECT tier, kind, namespace, policy,
+       CASE WHEN starts_with(reporter, 'dst') THEN 'ingress' ELSE 'egress' END AS direction,
+       rule, starts_with(kind, 'Staged') AS staged,
        rule = -1 OR kind = 'EndOfTier' AS end_of_tier,
        coalesce(sum(packets_in) FILTER (action = 'allow'), 0)::BIGINT AS allowed_packets_in,
        coalesce(sum(packets_out) FILTER (action = 'allow'), 0)::BIGINT AS allowed_packets_out,
@@ -63,5 +67,5 @@ SELECT tier, kind, namespace, policy, rule, starts_with(kind, 'Staged') AS stage
            AS passed_connections_out,
        min(first_hit) AS first_hit, max(last_hit) AS last_hit
 FROM parsed
-GROUP BY tier, kind, namespace, policy, rule
-ORDER BY tier = '__PROFILE__', tier, namespace NULLS FIRST, policy, rule
+GROUP BY tier, kind, namespace, policy, direction, rule
+ORDER BY tier = '__PROFILE__', tier, namespace NULLS FIRST, policy, direction, rule
