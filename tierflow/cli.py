@@ -106,5 +106,6 @@ def main() -> None:
 
 
 
-# The store's commands live in their own module; importing it registers them on `cli`.
-from tierflow import store_cli  # noqa: E402, F401
+# The store's and the analytics' commands live in their own modules; importing them
+# registers them on `cli`.
+from tierflow import analytics_cli, store_cli  # noqa: E402, F401

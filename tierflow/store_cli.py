@@ -7,7 +7,6 @@ machine-readable.
 
 from __future__ import annotations
 
-import csv
 import json
 import socket
 import sys
@@ -18,9 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
 from analytics.db import connect, query
 from ingest.compact import compact_store
@@ -32,6 +29,7 @@ from policy import Evaluator
 from policy.batch import BatchEvaluator
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies
+from tierflow.render import emit
 
 
 @cli.command()
@@ -141,40 +139,7 @@ def _progress(tty: bool) -> Iterator[Callable[[str, int, int], None]]:
 def sql(sql: str, store: str, output: str) -> None:
     """Run SQL against the store's ``flows`` view (read-only, offline DuckDB)."""
     table = query(connect(store), sql)
-    rows = table.to_pylist()
-    if output == "json":
-        for row in rows:
-            click.echo(json.dumps(row, default=_json_default, separators=(",", ":")))
-    elif output == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(table.column_names)
-        writer.writerows([[_cell(v) for v in row.values()] for row in rows])
-    else:
-        _table(table.column_names, rows)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=_json_default)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def _table(columns: list[str], rows: list[dict[str, Any]]) -> None:
-    t = Table(*columns, show_edge=False)
-    for row in rows:
-        t.add_row(*(_cell(v) for v in row.values()))
-    Console(width=max(120, 20 * len(columns)), soft_wrap=True).print(t)
-    click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", err=True)
+    emit(table, output)
 
 
 @cli.command()

@@ -1,0 +1,113 @@
+"""``tierflow stats``, ``flows``, ``report`` and ``catalog``: the store's analytics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from analytics import queries
+from analytics.catalog import write_catalog
+from analytics.coverage import store_endpoints, with_policies
+from analytics.db import connect, query
+from analytics.window import Window
+from tierflow.cli import cli, domain_errors
+from tierflow.inputs import load_inventory, load_policies
+from tierflow.render import OUTPUTS, emit
+
+_STORE = click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
+                      help="Store directory.")
+_SINCE = click.option("--since", default=None, help="Window start: 24h, 7d, or an ISO time "
+                      "[default: the first record].")
+_UNTIL = click.option("--until", default=None, help="Window end [default: the last record].")
+_OUTPUT = click.option("--output", type=click.Choice(OUTPUTS), default="table",
+                       show_default=True)
+
+
+@cli.command()
+@_STORE
+@_SINCE
+@_UNTIL
+@click.option("--tier", default=None, help="Only this tier.")
+@click.option("--policy", default=None, help="Only policies with this name (short or "
+              "namespace/name).")
+@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
+              help="The policies in force: evaluation order, unused rules, endpoints each "
+              "policy applies to (repeatable).")
+@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
+              help="Namespace labels for counting the endpoints policies apply to.")
+@click.option("--unused", is_flag=True, help="Only rules with no hit in the window "
+              "(needs --policies).")
+@_OUTPUT
+@domain_errors
+def stats(store: str, since: str | None, until: str | None, tier: str | None,
+          policy: str | None, policies: tuple[str, ...], inventories: tuple[str, ...],
+          unused: bool, output: str) -> None:
+    """The policies board: per tier, policy and rule, packets, bytes and connections
+    allowed / denied / passed, in / out, first and last hit; staged beside enforced."""
+    if unused and not policies:
+        raise click.UsageError("--unused needs --policies (the store only knows what was hit)")
+    con = connect(store)
+    board = queries.board(con, Window.parse(since, until))
+    if policies:
+        namespaces = load_inventory(inventories).namespaces if inventories else {}
+        endpoints = store_endpoints(query(con, "SELECT * FROM endpoints").to_pylist(),
+                                    namespaces)
+        board = with_policies(board, load_policies(policies), endpoints)
+    rows = [r for r in board.to_pylist() if _wanted(r, tier, policy, unused)]
+    emit(board.from_pylist(rows, schema=board.schema), output)
+
+
+def _wanted(row: dict[str, Any], tier: str | None, policy: str | None, unused: bool) -> bool:
+    if tier is not None and row["tier"] != tier:
+        return False
+    if policy is not None and policy not in (row["policy"],
+                                             f"{row['namespace']}/{row['policy']}"):
+        return False
+    return not unused or bool(row.get("unused"))
+
+
+@cli.command()
+@_STORE
+@_SINCE
+@_UNTIL
+@click.option("--namespace", default=None, help="Flows from or to this namespace.")
+@click.option("--workload", default=None, help="Flows from or to workloads whose "
+              "replica-set prefix starts with this.")
+@click.option("--action", type=click.Choice(["allow", "deny"]), default=None)
+@click.option("--reporter", type=click.Choice(["src", "dst"]), default=None)
+@click.option("--view", type=click.Choice(["edges", "unprotected", "external", "talkers",
+                                           "timeseries"]), default="edges", show_default=True,
+              help="edges: the flow visualizer's namespace -> prefix -> peer flows; "
+              "unprotected: allowed flows only a profile decided; external: egress by domain "
+              "and network set; talkers: top workloads by bytes; timeseries: per interval.")
+@_OUTPUT
+@domain_errors
+def flows(store: str, since: str | None, until: str | None, namespace: str | None,
+          workload: str | None, action: str | None, reporter: str | None, view: str,
+          output: str) -> None:
+    """Flows per workload and peer, with ports, protocols, verdicts and volumes."""
+    con, window = connect(store), Window.parse(since, until)
+    if view == "edges":
+        table = queries.flows(con, window, namespace=namespace, workload=workload,
+                              action=action, reporter=reporter)
+    elif view == "unprotected":
+        table = queries.unprotected(con, window, namespace=namespace)
+    elif view == "external":
+        table = queries.external(con, window, namespace=namespace)
+    elif view == "talkers":
+        table = queries.talkers(con, window)
+    else:
+        table = queries.timeseries(con, window)
+    emit(table, output)
+
+
+@cli.command()
+@_STORE
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The .duckdb file to write.")
+@domain_errors
+def catalog(store: str, out: str) -> None:
+    """Write a DuckDB database whose views (flows, policy_hits, endpoints) read the store."""
+    path = write_catalog(store, out)
+    click.echo(f"{path}: views flows, policy_hits, endpoints over {store}")
