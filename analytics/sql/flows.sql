@@ -4,7 +4,8 @@
 -- $action, $reporter.
 SELECT source_namespace, source_name_aggr, source_type,
        dest_namespace, dest_name_aggr, dest_type, dest_port, proto, action, reporter,
-       list_sort(list_distinct(flatten(list(dest_domains)))) AS dest_domains,
+       nullif(list_sort(list_distinct(flatten(list(dest_domains)))), []::VARCHAR[])
+           AS dest_domains,
        sum(num_flows)::BIGINT AS connections,
        sum(packets_in + packets_out)::BIGINT AS packets,
        sum(bytes_in)::BIGINT AS bytes_in, sum(bytes_out)::BIGINT AS bytes_out,
