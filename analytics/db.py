@@ -10,6 +10,7 @@ write into the store nor read elsewhere.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 from ingest.schema import FLOWS
 from ingest.store import Store
 
-__all__ = ["QueryError", "connect", "define_views", "query", "sql_text"]
+__all__ = ["QueryError", "connect", "define_views", "parquet_view", "query", "sql_text"]
 
 
 class QueryError(ValueError):
@@ -37,24 +38,47 @@ def connect(root: str | os.PathLike[str], threads: int | None = None,
     if not Path(root).is_dir():
         raise FileNotFoundError(f"{root}: no such store directory (ingest into it first, "
                                 "e.g. tierflow ingest pcap FILE --store DIR)")
-    files = [str(p) for p in store.files()]
+    flows, rollups = store.files(), store.rollup_files()
+    files = [str(p) for p in flows]
     config = dict(_CONFIG)
     if threads:
         config["threads"] = str(threads)
     if memory_limit:  # e.g. "1GB"; DuckDB spills to its temp directory beyond it
         config["memory_limit"] = memory_limit
     con = duckdb.connect(":memory:", config=config)
-    con.execute("SET allowed_paths = ?", [files])
+    con.execute("SET allowed_paths = ?", [files + [str(p) for p in rollups]])
     con.execute("SET enable_external_access = false")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET lock_configuration = true")
-    if files:
-        con.read_parquet(files, hive_partitioning=True, union_by_name=True).create_view("flows")
-    else:
-        empty = FLOWS.empty_table()
-        con.from_arrow(empty).create_view("flows")
+    parquet_view(con, "flows", files, FLOWS)
+    con.from_arrow(_file_table(store, flows, rollups)).create_view("store_files")
     define_views(con)
     return con
+
+
+def parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: list[str],
+                 schema: pa.Schema) -> None:
+    """(Re)define view ``name`` over ``files`` (hive partitions as columns), or over an empty
+    table of ``schema`` when there are none."""
+    if files:
+        con.read_parquet(files, hive_partitioning=True, union_by_name=True).create_view(
+            name, replace=True)
+    else:
+        con.from_arrow(schema.empty_table()).create_view(name, replace=True)
+
+
+def _file_table(store: Store, flows: list[Path], rollups: list[Path]) -> pa.Table:
+    """Every flows file with its hour and whether its hourly hit rollup exists."""
+    root = store.root / "rollups" / "hits"
+    rolled = {p.relative_to(root) for p in rollups}
+    rows = []
+    for p in flows:
+        rel = p.relative_to(store.flows)
+        day, hour = rel.parts[0].removeprefix("date="), rel.parts[1].removeprefix("hour=")
+        rows.append({"path": str(p), "rollup": str(root / rel) if rel in rolled else None,
+                     "hour": datetime.fromisoformat(f"{day}T{hour}:00:00+00:00")})
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("path", pa.string()), ("rollup", pa.string()), ("hour", pa.timestamp("s", tz="UTC"))]))
 
 
 def sql_text(name: str) -> str:

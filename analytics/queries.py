@@ -8,13 +8,16 @@ reference/calico.md §9); ``flows`` the flow visualizer's edges; ``denied``, ``u
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from analytics.db import query, sql_text
+from analytics.db import parquet_view, query, sql_text
 from analytics.window import Window
+from ingest.rollups import HITS
+from ingest.schema import FLOWS
 
 ALL_TIME = Window()
 
@@ -27,6 +30,19 @@ def _run(con: duckdb.DuckDBPyConnection, name: str, window: Window,
 
 
 def board(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME) -> pa.Table:
+    """The policies board; whole hours inside the window come from the hourly rollups
+    (when every file of the hour has one), the rest from the records."""
+    params = window.parameters()
+    files = query(con, "SELECT path, rollup, hour FROM store_files").to_pylist()
+    by_hour: dict[datetime, list[dict[str, Any]]] = {}
+    for f in files:
+        by_hour.setdefault(f["hour"], []).append(f)
+    rolled = {h for h, fs in by_hour.items() if all(f["rollup"] for f in fs)
+              and h >= params["since"] and h + timedelta(hours=1) <= params["until"]}
+    # A record starts in its file's hour, so files from the window's end on cannot overlap.
+    edges = [f["path"] for f in files if f["hour"] not in rolled and f["hour"] < params["until"]]
+    parquet_view(con, "board_flows", edges, FLOWS)
+    parquet_view(con, "board_rollups", [f["rollup"] for f in files if f["hour"] in rolled], HITS)
     return _run(con, "board", window)
 
 

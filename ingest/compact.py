@@ -40,7 +40,7 @@ def compact_store(store: Store, target_rows: int = 5_000_000,
                 continue
             tables = [conform(pq.read_table(f, schema=None), FLOWS) for f in files]
             merged = pa.concat_tables(tables).sort_by([("start_time", "ascending")])
-            rel = hour.relative_to(store.root)
+            rel = hour.relative_to(store.flows)
             chunks = range(0, merged.num_rows, target_rows) if merged.num_rows else range(1)
             for n, start in enumerate(chunks):
                 part = merged.slice(start, target_rows)

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest.rollups import hit_rollup
 from ingest.schema import FLOWS, SCHEMA_VERSION, Reject, conform
 
 __all__ = ["Position", "Store", "StoreError", "Writer", "fingerprint"]
@@ -79,6 +80,10 @@ class Store:
     def files(self) -> list[Path]:
         """The committed Parquet files, sorted."""
         return sorted(self.flows.glob("date=*/hour=*/*.parquet"))
+
+    def rollup_files(self) -> list[Path]:
+        """The committed hourly hit rollups (``rollups/hits/``), sorted."""
+        return sorted((self.root / "rollups" / "hits").glob("date=*/hour=*/*.parquet"))
 
     def sources(self) -> dict[str, dict[str, Any]]:
         path = self.state / "sources.json"
@@ -183,10 +188,17 @@ class Writer:
             part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
             part = part.sort_by([("start_time", "ascending")])
             name = f"part-{_safe(host)}-{uuid.uuid4().hex}.parquet"
-            final = f"flows/date={hour:%Y-%m-%d}/hour={hour:%H}/{name}"
-            self.stage_file(final, lambda path, t=part: _write_parquet(t, path))
+            self.stage_part(f"date={hour:%Y-%m-%d}/hour={hour:%H}/{name}", part)
         self.rows += table.num_rows
         return table.num_rows
+
+    def stage_part(self, relative: str, part: pa.Table) -> None:
+        """Stage one flows file (``date=.../hour=.../part-*.parquet``) and its hourly hit
+        rollup under the same name, so a reader can tell which hours are fully rolled up."""
+        self.stage_file(f"flows/{relative}", lambda path: _write_parquet(part, path))
+        rollup = hit_rollup(part)
+        self.stage_file(f"rollups/hits/{relative}",
+                        lambda path: pq.write_table(rollup, path, **_PARQUET))
 
     def add_rejects(self, collector: str, rejects: Sequence[Reject]) -> None:
         if not rejects:
@@ -196,10 +208,13 @@ class Writer:
         lines = [json.dumps(_reject_json(r), sort_keys=True) for r in rejects]
         self.stage_file(final, lambda path: path.write_text("\n".join(lines) + "\n"))
 
-    def replace(self, old: Sequence[Path], table: pa.Table, final: str) -> None:
-        """Stage ``table`` as ``final`` and the deletion of ``old`` (compaction)."""
-        self.stage_file(final, lambda path: _write_parquet(table, path))
-        self._deletes += [str(p.relative_to(self.store.root)) for p in old]
+    def replace(self, old: Sequence[Path], table: pa.Table, relative: str) -> None:
+        """Stage ``table`` as the flows file ``relative`` (with its rollup) and the deletion
+        of the flows files ``old`` and their rollups (compaction)."""
+        self.stage_part(relative, table)
+        for p in old:
+            rel = p.relative_to(self.store.flows)
+            self._deletes += [f"flows/{rel}", f"rollups/hits/{rel}"]
 
     def stage_file(self, final: str, write: Callable[[Path], object]) -> None:
         """Stage a file the commit will move to ``final`` (relative to the store root);

@@ -158,10 +158,11 @@ def test_rejects_are_kept_with_where_and_why(tmp_path: Path) -> None:
     assert lines[1]["raw_base64"] == "AP8="
 
 
-@pytest.mark.parametrize("crash_after", range(4))
+@pytest.mark.parametrize("crash_after", range(6))
 def test_a_crash_at_any_rename_loses_and_doubles_nothing(tmp_path: Path, crash_after: int,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Crash at each of the second commit's four renames (journal, two data files, sources):
+    """Crash at each of the second commit's six renames (journal, two flows files and their
+    two hourly rollups, sources):
     the next writer rolls the commit forward or discards it, never half of it."""
     store = Store(tmp_path)
     src = tmp_path / "src.log"
@@ -189,6 +190,9 @@ def test_a_crash_at_any_rename_loses_and_doubles_nothing(tmp_path: Path, crash_a
         offset = w2.position(src).offset
     got = markers(store)
     assert (got, offset) in [([1], 4), ([1, 2, 2], 10)]
+    # every flows file has its hourly rollup, and no rollup outlives its file
+    assert [p.relative_to(tmp_path / "rollups" / "hits") for p in store.rollup_files()] == \
+        [p.relative_to(tmp_path / "flows") for p in store.files()]
     assert not list((tmp_path / "_staging").iterdir())
     assert not list((tmp_path / "_state" / "journal").iterdir())
 

@@ -6,6 +6,9 @@
 -- direction is the reporter's: ingress rules decide dst-reported records, egress rules
 -- src-reported ones (Calico's rule_direction).
 -- Parameters: $since, $until (timestamps; records overlapping the window count).
+-- Reads board_flows (the records of the window's hours that are not fully rolled up) and
+-- board_rollups (the hourly hit rollups of the hours inside the window), which
+-- analytics.queries.board defines per call; together they cover every record once.
 WITH records AS (
     SELECT reporter, packets_in, packets_out, bytes_in, bytes_out, num_flows,
            start_time, end_time,
@@ -15,7 +18,7 @@ WITH records AS (
                list_concat(coalesce(enforced_policies, []::VARCHAR[]),
                            coalesce(pending_policies, []::VARCHAR[])),
                lambda h: substr(h, strpos(h, '|') + 1))) AS hits
-    FROM flows
+    FROM board_flows
     WHERE end_time > $since AND start_time < $until
 ),
 per_hit AS (
@@ -24,6 +27,11 @@ per_hit AS (
            sum(num_flows) AS connections, min(start_time) AS first_hit,
            max(end_time) AS last_hit
     FROM (SELECT unnest(hits) AS hit, * EXCLUDE (hits) FROM records)
+    GROUP BY hit, reporter
+    UNION ALL
+    SELECT hit, reporter, sum(packets_in), sum(packets_out), sum(bytes_in), sum(bytes_out),
+           sum(connections), min(first_hit), max(last_hit)
+    FROM board_rollups
     GROUP BY hit, reporter
 ),
 parsed AS (
