@@ -222,12 +222,15 @@ def test_kill_9_mid_write_then_rerun_lands_every_batch_exactly_once(tmp_path: Pa
     script.write_text(WRITER.format(root=str(Path(__file__).parents[1])))
     store, target = tmp_path / "store", 40
     kills = 0
-    for delay in (0.9, 1.1, 1.3, 1.0, 1.2, 1.4):
+    for delay in (0.0, 0.05, 0.11, 0.02, 0.17, 0.08):
         p = subprocess.Popen([sys.executable, str(script), str(store), str(src)],
-                             stdout=subprocess.DEVNULL)
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        p.stdout.readline()  # it has committed a batch: now kill it somewhere in the next
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
+        p.stdout.close()
         kills += 1
         with Store(store).writer() as w:
             done = w.position(src).offset
