@@ -64,9 +64,10 @@ def external(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
 
 
 def talkers(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
-            limit: int = 20) -> pa.Table:
-    return _run(con, "talkers", window, limit=limit)
+            limit: int = 20, namespace: str | None = None) -> pa.Table:
+    return _run(con, "talkers", window, limit=limit, namespace=namespace)
 
 
-def timeseries(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME) -> pa.Table:
-    return _run(con, "timeseries", window)
+def timeseries(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME, *,
+               namespace: str | None = None) -> pa.Table:
+    return _run(con, "timeseries", window, namespace=namespace)

@@ -135,3 +135,15 @@ def test_catalog_is_a_duckdb_file_of_views(store: Path, tmp_path: Path) -> None:
     tables = con.sql("SELECT table_name, table_type FROM information_schema.tables "
                      "ORDER BY 1").fetchall()
     assert tables == [("endpoints", "VIEW"), ("flows", "VIEW"), ("policy_hits", "VIEW")]
+
+
+def test_report_writes_one_offline_html_file(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    r = CliRunner().invoke(cli, ["report", "--store", str(store), "--out", str(out),
+                                 "--namespace", "storefront"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"{out}: ")
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "frontend-864f4fcdfd-*" in html and "<script src" not in html
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,6 +13,7 @@ from analytics import queries
 from analytics.catalog import write_catalog
 from analytics.coverage import store_endpoints, with_policies
 from analytics.db import connect, query
+from analytics.report import render_report
 from analytics.window import Window
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies
@@ -96,9 +100,9 @@ def flows(store: str, since: str | None, until: str | None, namespace: str | Non
     elif view == "external":
         table = queries.external(con, window, namespace=namespace)
     elif view == "talkers":
-        table = queries.talkers(con, window)
+        table = queries.talkers(con, window, namespace=namespace)
     else:
-        table = queries.timeseries(con, window)
+        table = queries.timeseries(con, window, namespace=namespace)
     emit(table, output)
 
 
@@ -111,3 +115,27 @@ def catalog(store: str, out: str) -> None:
     """Write a DuckDB database whose views (flows, policy_hits, endpoints) read the store."""
     path = write_catalog(store, out)
     click.echo(f"{path}: views flows, policy_hits, endpoints over {store}")
+
+
+@cli.command()
+@_STORE
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write (self-contained; opens offline).")
+@_SINCE
+@_UNTIL
+@click.option("--namespace", default=None, help="Only flows from or to this namespace.")
+@click.option("--title", default="tierflow report", show_default=True)
+@domain_errors
+def report(store: str, out: str, since: str | None, until: str | None,
+           namespace: str | None, title: str) -> None:
+    """A self-contained HTML report: flow visualizer, service graph, policies board, denied,
+    unprotected and external flows, top talkers, time series."""
+    now = datetime.now(UTC)
+    html = render_report(connect(store), Window.parse(since, until, now), namespace=namespace,
+                         title=title, inputs={"store": str(Path(store).resolve()),
+                                              "generated": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, target)
+    click.echo(f"{target}: {len(html.encode()) // 1024} KiB")

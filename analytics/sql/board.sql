@@ -76,4 +76,4 @@ SELECT tier, kind, namespace, policy,
        min(first_hit) AS first_hit, max(last_hit) AS last_hit
 FROM parsed
 GROUP BY tier, kind, namespace, policy, direction, rule
-ORDER BY tier = '__PROFILE__', tier, namespace NULLS FIRST, policy, direction, rule
+ORDER BY tier = '__PROFILE__', tier, namespace NULLS FIRST, policy, kind, direction, rule

@@ -15,4 +15,5 @@ FROM (SELECT *, unnest(CASE WHEN len(dest_domains) > 0 THEN dest_domains
         AND source_type = 'wep' AND dest_type IN ('ns', 'net')
         AND ($namespace IS NULL OR source_namespace = $namespace))
 GROUP BY ALL
-ORDER BY bytes DESC, source_namespace, source_name_aggr, destination
+ORDER BY bytes DESC, source_namespace, source_name_aggr, destination, dest_type, dest_port,
+         proto, action

@@ -18,5 +18,5 @@ WHERE end_time > $since AND start_time < $until
   AND ($action IS NULL OR action = $action)
   AND ($reporter IS NULL OR reporter = $reporter)
 GROUP BY ALL
-ORDER BY source_namespace, source_name_aggr, dest_namespace, dest_name_aggr, dest_port,
-         proto, action, reporter
+ORDER BY source_namespace, source_name_aggr, source_type, dest_namespace, dest_name_aggr,
+         dest_type, dest_port, proto, action, reporter

@@ -14,4 +14,5 @@ WHERE end_time > $since AND start_time < $until AND action = 'allow'
                       lambda h: split_part(h, '|', 2) = '__PROFILE__')) > 0
   AND ($namespace IS NULL OR source_namespace = $namespace OR dest_namespace = $namespace)
 GROUP BY ALL
-ORDER BY namespace, workload, reporter, dest_namespace, dest_name_aggr, dest_port, proto
+ORDER BY namespace, workload, reporter, source_namespace, source_name_aggr, dest_namespace,
+         dest_name_aggr, dest_type, dest_port, proto
