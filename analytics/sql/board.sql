@@ -61,17 +61,17 @@ SELECT tier, kind, namespace, policy,
        coalesce(sum(packets_out) FILTER (action = 'pass'), 0)::BIGINT AS passed_packets_out,
        coalesce(sum(bytes_in) FILTER (action = 'pass'), 0)::BIGINT AS passed_bytes_in,
        coalesce(sum(bytes_out) FILTER (action = 'pass'), 0)::BIGINT AS passed_bytes_out,
-       coalesce(sum(connections) FILTER (action = 'allow' AND reporter = 'dst'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'allow' AND starts_with(reporter, 'dst')), 0)::BIGINT
            AS allowed_connections_in,
-       coalesce(sum(connections) FILTER (action = 'allow' AND reporter = 'src'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'allow' AND starts_with(reporter, 'src')), 0)::BIGINT
            AS allowed_connections_out,
-       coalesce(sum(connections) FILTER (action = 'deny' AND reporter = 'dst'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'deny' AND starts_with(reporter, 'dst')), 0)::BIGINT
            AS denied_connections_in,
-       coalesce(sum(connections) FILTER (action = 'deny' AND reporter = 'src'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'deny' AND starts_with(reporter, 'src')), 0)::BIGINT
            AS denied_connections_out,
-       coalesce(sum(connections) FILTER (action = 'pass' AND reporter = 'dst'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'pass' AND starts_with(reporter, 'dst')), 0)::BIGINT
            AS passed_connections_in,
-       coalesce(sum(connections) FILTER (action = 'pass' AND reporter = 'src'), 0)::BIGINT
+       coalesce(sum(connections) FILTER (action = 'pass' AND starts_with(reporter, 'src')), 0)::BIGINT
            AS passed_connections_out,
        min(first_hit) AS first_hit, max(last_hit) AS last_hit
 FROM parsed

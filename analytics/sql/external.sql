@@ -11,7 +11,7 @@ SELECT source_namespace, source_name_aggr,
 FROM (SELECT *, unnest(CASE WHEN len(dest_domains) > 0 THEN dest_domains
                             ELSE [NULL::VARCHAR] END) AS d
       FROM flows
-      WHERE end_time > $since AND start_time < $until AND reporter = 'src'
+      WHERE end_time > $since AND start_time < $until AND starts_with(reporter, 'src')
         AND source_type = 'wep' AND dest_type IN ('ns', 'net')
         AND ($namespace IS NULL OR source_namespace = $namespace))
 GROUP BY ALL

@@ -1,6 +1,6 @@
 -- Calico policy-hit strings (reference/calico.md §1.4), parsed in SQL so that every DuckDB
 -- client of the store (tierflow sql, a catalog opened in the duckdb CLI or DBeaver) gets the
--- same policy_hits view. Mirrors policy.hits.parse_hit; tests/test_analytics_views.py checks
+-- same policy_hits view. Mirrors policy.hits.parse_hit; tests/test_hit_sql.py checks
 -- the two agree on every format.
 --   classic Enterprise  1|default|storefront/default.trusted|allow|1
 --                       0|default|dev/staged:knp.default.deny-all|deny|-1

@@ -1,8 +1,8 @@
 -- Allowed traffic no policy decided: the enforced trace ends in a profile (Calico's
 -- "__PROFILE__...|allow" signature, reference/calico.md §1.4) — what recommendation works
 -- from. Parameters: $since, $until, $namespace (NULL for all).
-SELECT CASE reporter WHEN 'src' THEN source_namespace ELSE dest_namespace END AS namespace,
-       CASE reporter WHEN 'src' THEN source_name_aggr ELSE dest_name_aggr END AS workload,
+SELECT CASE WHEN starts_with(reporter, 'src') THEN source_namespace ELSE dest_namespace END AS namespace,
+       CASE WHEN starts_with(reporter, 'src') THEN source_name_aggr ELSE dest_name_aggr END AS workload,
        reporter, source_namespace, source_name_aggr, dest_namespace, dest_name_aggr, dest_type,
        dest_port, proto,
        sum(num_flows)::BIGINT AS connections,
