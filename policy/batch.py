@@ -90,7 +90,7 @@ class BatchEvaluator:
         same_views = self.evaluator.views_identical
         for k, row in enumerate(rows):
             flow = self._flow(row, peers["source"][k], peers["dest"][k])
-            direction = Direction.INGRESS if row["reporter"] == "dst" else Direction.EGRESS
+            direction = _direction(row["reporter"])
             e = self.evaluator.direction(flow, direction, pending=False)
             p = e if same_views else self.evaluator.direction(flow, direction, pending=True)
             act[k] = _ACTIONS.index(e.action or "uncertain")
@@ -188,7 +188,7 @@ class BatchEvaluator:
                                                                 DirectionVerdict]:
         """The per-row reference path: enforced and pending verdicts of one flow-log row."""
         flow = self.flow(row)
-        direction = Direction.INGRESS if row["reporter"] == "dst" else Direction.EGRESS
+        direction = _direction(row["reporter"])
         ev = self.evaluator
         return (ev.direction(flow, direction, pending=False),
                 ev.direction(flow, direction, pending=True))
@@ -272,3 +272,9 @@ def _label_pairs(labels: object) -> Iterable[tuple[str, str]]:
     if isinstance(labels, Mapping):
         return labels.items()
     return ((str(k), str(v)) for k, v in labels)  # type: ignore[attr-defined]
+
+
+def _direction(reporter: object) -> Direction:
+    """``dst`` and ``dst,fwd`` records are decided by ingress, ``src`` and ``src,fwd`` by
+    egress (``reference/calico.md`` §1.6)."""
+    return Direction.INGRESS if str(reporter).startswith("dst") else Direction.EGRESS

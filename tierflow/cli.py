@@ -108,4 +108,4 @@ def main() -> None:
 
 # The store's and the analytics' commands live in their own modules; importing them
 # registers them on `cli`.
-from tierflow import analytics_cli, store_cli  # noqa: E402, F401
+from tierflow import analytics_cli, recommend_cli, store_cli  # noqa: E402, F401
