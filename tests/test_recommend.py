@@ -18,7 +18,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import tierflow.recommend_cli  # noqa: F401  (registers `recommend` until cli.py imports it)
 from policy import PolicySet, load_text
 from policy.schema import schema_problems
 from recommend.cluster import stable_name
