@@ -17,11 +17,13 @@ the first interval when (TCP) the first packet was a SYN or SYN+ACK, or (other p
 always; ``completed`` in the last interval when (TCP) FIN was seen from both sides or a RST,
 or (others) the connection then stayed idle for its timeout before the capture ended.
 
-Columnar: a chunk's packets are sorted once by flow (stable, so time order stays), the
-connection boundaries found with vectorised tests, and only the few candidates that depend
-on state (long gaps, SYN after FIN/RST) are decided in Python. Connections still open at a
-chunk's end are carried as one pseudo-event each into the next chunk, so memory is bounded
-by the number of open connections.
+Columnar: each packet's flow key is packed exactly into two uint64 words (five with
+IPv6), a chunk's packets are sorted once by a hash of them (stable, so time order stays),
+the connection boundaries found with vectorised tests, and only the few candidates that
+depend on state (long gaps, SYN after FIN/RST) are decided in Python. Per-connection and
+per-interval counters are ``reduceat`` sums over runs of the sorted events. Connections
+still open at a chunk's end are carried as one pseudo-event each into the next chunk, so
+memory is bounded by the number of open connections.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ __all__ = ["ConnectionTracker", "Timeouts"]
 # Event bits: which side spoke, FIN per side, RST, SYN (no ACK), SYN+ACK, carried state.
 SEEN_A, SEEN_B, FIN_A, FIN_B, RST, SYN, SYNACK, CARRIED = (np.uint8(1 << i) for i in range(8))
 _STATE_BITS = np.uint8(SEEN_A | SEEN_B | FIN_A | FIN_B | RST)
-_KEYS = ("pv", "a_hi", "a_lo", "b_hi", "b_lo", "pa", "pb")
 _K = [np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
-                             0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)]
+                             0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53,
+                             0xA0761D6478BD642F)]
+_PORT_BITS = np.uint64(18)  # a flow-key port + 1: 0 (none) to 131072 (ICMP keys)
 
 
 @dataclass(frozen=True)
@@ -65,75 +68,109 @@ class Timeouts:
         return (seconds * 1e6).astype(np.int64)
 
 
+# Per pv, the index of its timeout in ``Timeouts.microseconds()``: TCP 0 (1 once closing),
+# UDP 2 (3 once answered), ICMP (of its own IP version) 4, anything else 5.
+_TIMEOUT = np.full(512, 5, dtype=np.int64)
+_TIMEOUT[[6, 256 | 6]], _TIMEOUT[[17, 256 | 17]], _TIMEOUT[[1, 256 | 58]] = 0, 2, 4
+
+
 def timeout_for(pv: np.ndarray, bits: np.ndarray, table: np.ndarray) -> np.ndarray:
     """The idle timeout (µs) of connections with protocol ``pv`` and state ``bits``."""
-    proto = pv & 255
+    at = _TIMEOUT[pv]
     closing = (bits & (FIN_A | FIN_B | RST)) != 0
     answered = (bits & (SEEN_A | SEEN_B)) == (SEEN_A | SEEN_B)
-    icmp = ((proto == 1) & (pv < 256)) | ((proto == 58) & (pv > 255))
-    return np.select([(proto == 6) & closing, proto == 6, (proto == 17) & answered,
-                      proto == 17, icmp], [table[1], table[0], table[3], table[2], table[4]],
-                     table[5])
+    timeouts: np.ndarray = table[at + ((at == 0) & closing) + ((at == 2) & answered)]
+    return timeouts
 
 
-def flow_columns(p: Packets) -> dict[str, np.ndarray]:
-    """Canonical flow keys (endpoint A is the smaller (address, port)) and event bits."""
-    v6 = bool((p.pv > 255).any())
-    lower = (p.src_lo < p.dst_lo) | ((p.src_lo == p.dst_lo) & (p.sport <= p.dport))
-    if v6:
-        lower = (p.src_hi < p.dst_hi) | ((p.src_hi == p.dst_hi) & lower)
-    swap = ~lower
-    flags = p.flags
-    synbits = flags & 0x12  # SYN and ACK
-    bits = (np.where(swap, SEEN_B, SEEN_A)
-            | np.where((flags & 1) != 0, np.where(swap, FIN_B, FIN_A), 0)
-            | np.where((flags & 4) != 0, RST, 0)
-            | np.where(synbits == 0x02, SYN, 0) | np.where(synbits == 0x12, SYNACK, 0))
-    return {"pv": p.pv, "a_hi": np.where(swap, p.dst_hi, p.src_hi),
-            "a_lo": np.where(swap, p.dst_lo, p.src_lo),
-            "b_hi": np.where(swap, p.src_hi, p.dst_hi),
-            "b_lo": np.where(swap, p.src_lo, p.dst_lo),
-            "pa": np.where(swap, p.dport, p.sport), "pb": np.where(swap, p.sport, p.dport),
-            "bits": bits.astype(np.uint8)}
+def packet_bits(p: Packets, swap: np.ndarray) -> np.ndarray:
+    """Each packet's event bits; ``swap`` marks packets sent by endpoint B."""
+    sw = swap.view(np.uint8)
+    f = p.flags
+    syn = f & 0x12  # SYN and ACK
+    bits: np.ndarray = ((SEEN_A << sw) | ((f & 1) << (2 + sw)) | ((f & 4) << 2)
+                        | ((syn == 0x02).view(np.uint8) << 5)
+                        | ((syn == 0x12).view(np.uint8) << 6))
+    return bits
+
+
+def flow_words(pv: np.ndarray, a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...],
+               v6: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The flow key of each packet (``a``, ``b`` = source, destination (hi, lo, port)) or
+    canonical connection (``a`` < ``b`` already) packed exactly into uint64 words, and
+    which rows were swapped so that endpoint A is the smaller (address, port).
+
+    Without IPv6 an endpoint is ``lo << 18 | port + 1``, so two words hold the key and
+    comparing them orders the endpoints; with IPv6 it takes five.
+    """
+    if not v6:
+        ea = (a[1] << _PORT_BITS) | (a[2] + 1).astype(np.uint64)
+        eb = (b[1] << _PORT_BITS) | (b[2] + 1).astype(np.uint64)
+        swap = ea > eb
+        hi = np.maximum(ea, eb) | (pv.astype(np.uint64) << np.uint64(50))
+        return swap, [np.minimum(ea, eb), hi]
+    lower = (a[1] < b[1]) | ((a[1] == b[1]) & (a[2] <= b[2]))
+    swap = ~((a[0] < b[0]) | ((a[0] == b[0]) & lower))
+    ports = ((np.where(swap, b[2], a[2]) + 1).astype(np.uint64)
+             | ((np.where(swap, a[2], b[2]) + 1).astype(np.uint64) << _PORT_BITS)
+             | (pv.astype(np.uint64) << np.uint64(36)))
+    return swap, [np.where(swap, b[0], a[0]), np.where(swap, b[1], a[1]),
+                  np.where(swap, a[0], b[0]), np.where(swap, a[1], b[1]), ports]
+
+
+def flow_keys(words: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``Conns.KEYS`` columns packed in ``flow_words``'s ``words`` (two or five)."""
+    port = np.uint64((1 << 18) - 1)
+    if len(words) == 2:  # as the five IPv6 words: hi parts 0, ports and pv in the fifth
+        a, b = words
+        zero = np.zeros(len(a), dtype=np.uint64)
+        words = [zero, a >> _PORT_BITS, zero, (b >> _PORT_BITS) & np.uint64(0xFFFFFFFF),
+                 (a & port) | ((b & port) << _PORT_BITS) | (b >> np.uint64(50) << np.uint64(36))]
+    a_hi, a_lo, b_hi, b_lo, ports = words
+    return {"pv": (ports >> np.uint64(36)).astype(np.int32), "a_hi": a_hi, "a_lo": a_lo,
+            "b_hi": b_hi, "b_lo": b_lo, "pa": (ports & port).astype(np.int32) - 1,
+            "pb": ((ports >> _PORT_BITS) & port).astype(np.int32) - 1}
 
 
 def flow_hash(keys: dict[str, np.ndarray]) -> np.ndarray:
-    """A 64-bit hash of the flow key (collisions are detected by ``flow_order``)."""
-    ports = (keys["pa"].astype(np.uint64) << np.uint64(32)) ^ keys["pb"].astype(np.uint64)
-    h = (keys["a_lo"] * _K[0]) ^ (keys["b_lo"] * _K[1]) ^ (ports * _K[2])
-    h ^= keys["pv"].astype(np.uint64) * _K[3]
-    if (keys["pv"] > 255).any():
-        h ^= (keys["a_hi"] * _K[4]) ^ (keys["b_hi"] * _K[5])
-    h ^= h >> np.uint64(31)
-    h *= _K[4]
-    mixed: np.ndarray = h ^ (h >> np.uint64(29))
-    return mixed
+    """A 64-bit hash of the flow key columns (collisions are detected by ``flow_order``).
+    Its high bits mix every input bit, which is what ``flow_order`` sorts on."""
+    h = np.zeros(len(next(iter(keys.values()))), dtype=np.uint64)
+    for i, column in enumerate(keys.values()):
+        h ^= column.astype(np.uint64, copy=False)
+        h *= _K[i % len(_K)]
+    return h
 
 
 def flow_order(keys: dict[str, np.ndarray], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A stable order that groups events by flow, and where each flow starts in it.
 
-    Sorting one uint64 hash is fast; equal hashes with different keys (astronomically
+    Sorting one uint64 is fast: the hash's high bits with the event index in the low
+    bits, so the order is stable. Equal high bits with different keys (astronomically
     rare) are detected exactly, and then the full keys are sorted instead.
     """
     n = len(h)
-    order = pl.DataFrame({"h": h}).with_row_index("i").sort("h", maintain_order=True)[
-        "i"].to_numpy().astype(np.int64)
-    sorted_h = h[order]
-    same = sorted_h[1:] == sorted_h[:-1]
-    varying = _KEYS if (keys["pv"] > 255).any() else ("pv", "a_lo", "b_lo", "pa", "pb")
-    for name in varying:
-        k = keys[name][order]
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    shift = np.uint64(max(n - 1, 1).bit_length())
+    low = np.uint64((1 << int(shift)) - 1)
+    packed = (h & ~low) | np.arange(n, dtype=np.uint64)
+    ranked = pl.Series(packed).sort().to_numpy()
+    order = (ranked & low).astype(np.int64)
+    top = ranked >> shift
+    same = top[1:] == top[:-1]
+    for column in keys.values():
+        k = column[order]
         if (same & (k[1:] != k[:-1])).any():
-            order = np.lexsort([np.arange(n)] + [keys[k] for k in reversed(_KEYS)])
+            columns = list(keys.values())
+            order = np.lexsort([np.arange(n), *columns[::-1]])
             differs = np.zeros(n - 1, dtype=bool)
-            for key in _KEYS:
-                k = keys[key][order]
+            for c in columns:
+                k = c[order]
                 differs |= k[1:] != k[:-1]
             same = ~differs
             break
-    return order, np.concatenate([[True], ~same]) if n else np.zeros(0, dtype=bool)
-
+    return order, np.concatenate([[True], ~same])
 
 
 def _scalar_timeout(pv: int, bits: int, table: list[int]) -> int:
@@ -148,6 +185,39 @@ def _scalar_timeout(pv: int, bits: int, table: list[int]) -> int:
     return table[5]
 
 
+@dataclass
+class _Events:
+    """A chunk's events: one pseudo-event per carried connection first, then the packets.
+
+    The flow keys are only packed into ``words``; ``keys`` unpacks them for the few
+    events that start a connection."""
+
+    words: dict[str, np.ndarray]  # the flow key, exactly (``flow_words``)
+    bits: np.ndarray
+    ts: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def of(cls, p: Packets, ts: np.ndarray, o: Conns) -> _Events:
+        v6 = bool((p.pv > 255).any() or (o.keys["pv"] > 255).any())
+        swap, words = flow_words(p.pv, (p.src_hi, p.src_lo, p.sport),
+                                 (p.dst_hi, p.dst_lo, p.dport), v6)
+        bits, length = packet_bits(p, swap), p.ip_len
+        if len(o):
+            k = o.keys
+            _, carried = flow_words(k["pv"], (k["a_hi"], k["a_lo"], k["pa"]),
+                                    (k["b_hi"], k["b_lo"], k["pb"]), v6)
+            words = [np.concatenate([c, w]) for c, w in zip(carried, words, strict=True)]
+            bits = np.concatenate([o.bits | CARRIED, bits])
+            ts = np.concatenate([o.last_ts, ts])
+            length = np.concatenate([np.zeros(len(o), dtype=np.int64), length])
+        return cls({f"w{i}": w for i, w in enumerate(words)}, bits, ts, length)
+
+    def keys(self, at: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``Conns.KEYS`` columns of the events ``at``."""
+        return flow_keys([w[at] for w in self.words.values()])
+
+
 class ConnectionTracker:
     """Feed it the ``Packets`` of each chunk in file order; it returns the ``SEGMENTS``
     rows that became final, and ``finish()`` returns the rest."""
@@ -157,6 +227,9 @@ class ConnectionTracker:
             raise ValueError(f"interval must be a positive number of seconds (got {interval!r})")
         self.interval_us = int(interval) * 1_000_000
         self.timeouts = timeouts.microseconds()
+        every = np.arange(512)  # the shortest timeout a flow can have, by pv
+        self.shortest = np.minimum(timeout_for(every, np.zeros(512, np.uint8), self.timeouts),
+                                   timeout_for(every, np.full(512, _STATE_BITS), self.timeouts))
         self.open = Conns.empty()
         self.next_id = 0
         self.watermark = np.iinfo(np.int64).min  # the latest capture time seen
@@ -171,32 +244,21 @@ class ConnectionTracker:
         # of two interfaces) counts at the latest time seen.
         ts = np.maximum.accumulate(np.concatenate([[self.watermark], p.ts_us]))[1:]
         self.watermark = int(ts[-1])
-        ev = self._events(p, ts)
-        order, newflow = flow_order(ev, flow_hash(ev))
-        ts, bits = ev["ts"][order], ev["bits"][order]
-        boundary = self._boundaries(ev["pv"][order[newflow]], newflow, ts, bits)
+        ev = _Events.of(p, ts, self.open)
+        order, newflow = flow_order(ev.words, flow_hash(ev.words))
+        ts, bits = ev.ts[order], ev.bits[order]
+        boundary = self._boundaries(ev.keys(order[newflow])["pv"], newflow, ts, bits)
         start = np.flatnonzero(boundary)
-        conns = self._conns(ev, p, order, start, ts, bits)
+        conns = self._conns(ev.keys(order[start]), p, order, start, ts, bits)
         is_last = np.append(newflow, True)[np.append(start[1:], len(ts))]
         expired = self.watermark - conns.last_ts > timeout_for(conns.keys["pv"], conns.bits,
                                                                self.timeouts)
-        rows = self._rows(conns, start, boundary, ts, bits, ev["len"][order])
+        rows = self._rows(conns, start, boundary, ts, bits, ev.length[order])
         return self._emit(conns, rows, final=~is_last | expired)
 
     def finish(self) -> pa.Table:
         """The rows of every connection still open, at the end of the capture."""
         return self._expire(final=True)
-
-    def _events(self, p: Packets, ts: np.ndarray) -> dict[str, np.ndarray]:
-        """Event columns: one pseudo-event per carried connection first, then the packets."""
-        cols = flow_columns(p)
-        cols["ts"], cols["len"] = ts, p.ip_len
-        o = self.open
-        if not len(o):
-            return cols
-        carried = {**o.keys, "bits": o.bits | CARRIED, "ts": o.last_ts,
-                   "len": np.zeros(len(o), dtype=np.int64)}
-        return {k: np.concatenate([carried[k], v]) for k, v in cols.items()}
 
     def _boundaries(self, flow_pv: np.ndarray, newflow: np.ndarray, ts: np.ndarray,
                     bits: np.ndarray) -> np.ndarray:
@@ -204,59 +266,55 @@ class ConnectionTracker:
         n = len(ts)
         fstart = np.flatnonzero(newflow)
         lengths = np.diff(np.append(fstart, n))
-        shortest = np.minimum(timeout_for(flow_pv, np.zeros(len(fstart), np.uint8), self.timeouts),
-                              timeout_for(flow_pv, np.full(len(fstart), _STATE_BITS),
-                                          self.timeouts))
+        shortest = self.shortest[flow_pv]
         gap = np.diff(ts, prepend=ts[0])
-        candidate = ~newflow & (gap > np.repeat(shortest, lengths))
-        syn = (bits & SYN) != 0
-        closing = (bits & (FIN_A | FIN_B | RST)) != 0
-        if syn.any() and closing.any():  # a SYN after this flow saw a FIN or RST
-            last_close = np.maximum.accumulate(np.where(closing, np.arange(n), -1))
-            before = np.concatenate([[-1], last_close[:-1]])
-            candidate |= syn & ~newflow & (before >= np.repeat(fstart, lengths))
-        if not candidate.any():
+        candidate = gap > np.repeat(shortest, lengths)
+        candidate[fstart] = False
+        syn = np.flatnonzero(bits & SYN)
+        closing = np.flatnonzero(bits & (FIN_A | FIN_B | RST)) if len(syn) else syn
+        if len(closing):  # a SYN after this flow saw a FIN or RST
+            before = np.searchsorted(closing, syn) - 1  # the last one before each SYN
+            last = np.where(before >= 0, closing[np.maximum(before, 0)], -1)
+            candidate[syn[last >= fstart[np.searchsorted(fstart, syn, "right") - 1]]] = True
+        cands = np.flatnonzero(candidate)
+        if not len(cands):
             return newflow
         boundary = newflow.copy()
-        flow = np.cumsum(newflow) - 1
-        for i in self._decide(np.flatnonzero(candidate), flow, fstart, flow_pv, gap, bits):
-            boundary[i] = True
+        boundary[self._decide(cands, fstart, flow_pv, gap, bits)] = True
         return boundary
 
-    def _decide(self, candidates: np.ndarray, flow: np.ndarray, fstart: np.ndarray,
-                flow_pv: np.ndarray, gap: np.ndarray, bits: np.ndarray) -> list[int]:
+    def _decide(self, candidates: np.ndarray, fstart: np.ndarray, flow_pv: np.ndarray,
+                gap: np.ndarray, bits: np.ndarray) -> list[int]:
         """The candidates that do start a connection, given the state of the connection
-        before each (which depends on where the previous accepted boundary was)."""
-        counts = {bit: np.cumsum((bits & bit) != 0) for bit in
-                  (int(SEEN_A), int(SEEN_B), int(FIN_A), int(FIN_B), int(RST))}
+        before each (which depends on where the previous accepted boundary was). A flow's
+        state is brought up to date from one candidate to the next, so each event is
+        looked at once."""
+        flow = np.searchsorted(fstart, candidates, "right") - 1
         table = self.timeouts.tolist()
-        starts: dict[int, int] = {}
+        seen: dict[int, tuple[int, int]] = {}  # flow → (state known up to, state)
         accepted: list[int] = []
-        for i in candidates.tolist():
-            f = int(flow[i])
-            s = starts.get(f, int(fstart[f]))
-            state = 0
-            for bit, count in counts.items():
-                if count[i - 1] - (count[s - 1] if s else 0):
-                    state |= bit
+        for i, f, pv, idle, syn in zip(candidates.tolist(), flow.tolist(),
+                                       flow_pv[flow].tolist(), gap[candidates].tolist(),
+                                       (bits[candidates] & SYN).tolist(), strict=True):
+            upto, state = seen.get(f) or (int(fstart[f]), 0)
+            state |= int(np.bitwise_or.reduce(bits[upto:i]) & _STATE_BITS)
             closed = (state & FIN_A and state & FIN_B) or state & RST
-            if gap[i] > _scalar_timeout(int(flow_pv[f]), state, table) or (
-                    bits[i] & SYN and closed):
+            if idle > _scalar_timeout(pv, state, table) or (syn and closed):
                 accepted.append(i)
-                starts[f] = i
+                state = 0
+            seen[f] = (i, state)
         return accepted
 
-    def _conns(self, ev: dict[str, np.ndarray], p: Packets, order: np.ndarray,
+    def _conns(self, keys: dict[str, np.ndarray], p: Packets, order: np.ndarray,
                start: np.ndarray, ts: np.ndarray, bits: np.ndarray) -> Conns:
         """Connection-level columns; carried connections keep their id and initiator."""
         o = self.open
         first = order[start]  # event index of each connection's first event
-        old = first < len(o)
+        old = np.flatnonzero(first < len(o))
         at = first[old]
         fb = bits[start]
-        new = ~old
         conns = Conns(
-            keys={k: ev[k][first] for k in Conns.KEYS},
+            keys=keys,
             bits=np.bitwise_or.reduceat(bits, start) & _STATE_BITS,
             conn_id=np.zeros(len(start), dtype=np.int64),
             init=(((fb & SEEN_B) != 0) ^ ((fb & SYNACK) != 0)).astype(np.int8),
@@ -267,7 +325,8 @@ class ConnectionTracker:
         conns.icmp[:, 0], conns.icmp[:, 1] = p.icmp_type[pkt], p.icmp_code[pkt]
         for name in ("conn_id", "init", "first_ts", "syn_first", "icmp"):
             getattr(conns, name)[old] = getattr(o, name)[at]
-        fresh = np.flatnonzero(new)[np.argsort(first[new], kind="stable")]  # packet order
+        new = np.flatnonzero(first >= len(o))
+        fresh = new[np.argsort(first[new])]  # in packet order (first events are distinct)
         conns.conn_id[fresh] = self.next_id + np.arange(len(fresh))
         self.next_id += len(fresh)
         conns.pending = np.zeros((len(start), 4), dtype=np.int64)
@@ -277,23 +336,29 @@ class ConnectionTracker:
     def _rows(self, conns: Conns, start: np.ndarray, boundary: np.ndarray, ts: np.ndarray,
               bits: np.ndarray, length: np.ndarray) -> Rows:
         """One row per connection and interval, quiet intervals included; counters are
-        oriented by the initiator. ``started``/``completed`` are set by the caller."""
+        oriented by the initiator. ``started``/``completed`` are set by the caller.
+
+        Rows are runs of the sorted events, so each counter is one ``reduceat``: packets
+        and bytes from B, all packets (the run's length, less a carried pseudo-event) and
+        all bytes (a pseudo-event has none); the initiator's side then picks fwd/rev."""
         n = len(ts)
         iv = ts // self.interval_us
         opens = boundary.copy()
         opens[1:] |= iv[1:] != iv[:-1]
         rs = np.flatnonzero(opens)
-        conn = (np.cumsum(boundary) - 1)[rs]
-        by_b = np.repeat(conns.init == 1, np.diff(np.append(start, n)))
-        pkt = (bits & CARRIED) == 0
-        fwd = pkt & (((bits & SEEN_B) != 0) == by_b)
-        pf = np.add.reduceat(fwd.astype(np.int64), rs)
-        bf = np.add.reduceat(np.where(fwd, length, 0), rs)
-        counters = np.column_stack([pf, bf, np.add.reduceat(pkt.astype(np.int64), rs) - pf,
-                                    np.add.reduceat(length, rs) - bf])
-        carried = np.flatnonzero(~pkt[rs])  # rows a carried connection's pseudo-event opened
-        counters[carried] += conns.pending[conn[carried]]
-        return _with_quiet_intervals(conn, iv[rs], counters)
+        conn = np.cumsum(boundary[rs]) - 1
+        carried = (bits[rs] & CARRIED) != 0  # rows a carried connection's pseudo-event opened
+        from_b = ((bits & (SEEN_B | CARRIED)) == SEEN_B).view(np.uint8)
+        packets_b = np.add.reduceat(from_b, rs, dtype=np.int64)
+        packets = np.diff(np.append(rs, n)) - carried
+        bytes_b = np.add.reduceat(length * from_b, rs)
+        total = np.add.reduceat(length, rs)
+        a_first = np.column_stack([packets - packets_b, total - bytes_b, packets_b, bytes_b])
+        b_first = np.roll(a_first, 2, axis=1)  # when B initiated, its packets go forward
+        counters = np.where((conns.init[conn] == 1)[:, None], b_first, a_first)
+        at = np.flatnonzero(carried)
+        counters[at] += conns.pending[conn[at]]
+        return Rows.with_quiet_intervals(conn, iv[rs], counters)
 
     def _emit(self, conns: Conns, rows: Rows, final: np.ndarray) -> pa.Table:
         """The final rows as a table; the last row of each open connection stays pending."""
@@ -332,16 +397,3 @@ class ConnectionTracker:
     def _tcp(conns: Conns) -> np.ndarray:
         tcp: np.ndarray = (conns.keys["pv"] & 255) == 6
         return tcp
-
-
-def _with_quiet_intervals(conn: np.ndarray, iv: np.ndarray, counters: np.ndarray) -> Rows:
-    """Insert zero-counter rows for the intervals a connection was silent in."""
-    gap = np.zeros(len(conn), dtype=np.int64)
-    gap[:-1] = np.where(conn[1:] == conn[:-1], iv[1:] - iv[:-1] - 1, 0)
-    if not gap.any():
-        return Rows(conn=conn, iv=iv, counters=counters)
-    reps = gap + 1
-    step = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    filled = np.zeros((len(step), 4), dtype=np.int64)
-    filled[step == 0] = counters
-    return Rows(conn=np.repeat(conn, reps), iv=np.repeat(iv, reps) + step, counters=filled)

@@ -7,7 +7,8 @@ response's destination), the question name (lower case, no trailing dot), the ad
 that address record's TTL. Answers with a non-zero RCODE give no rows.
 
 Parsing is plain Python, but once per distinct response: answers that differ only in the
-query id (most of them, in a cluster) are grouped with numpy first. A malformed response,
+query id (most of them, in a cluster) are grouped with numpy first, and a read remembers
+the answers it has parsed (``dns_table``'s ``parsed``). A malformed response,
 or one the capture cut short, is a ``Reject``; TCP segments that do not hold whole
 messages (a response split over several segments) are skipped, since only reassembly
 could read them.
@@ -25,7 +26,7 @@ from ingest.packets import DNS_WIDTH, DnsCandidates, Packets
 from ingest.schema import DNS, Reject, conform
 from ingest.segmenttable import ip_strings
 
-__all__ = ["DnsError", "dns_table", "parse_response"]
+__all__ = ["Answers", "DnsError", "dns_table", "parse_response"]
 
 _A, _CNAME, _AAAA = 1, 5, 28
 _MAX_JUMPS = 32  # compression pointers followed for one name; more means a loop
@@ -35,10 +36,17 @@ class DnsError(ValueError):
     """A DNS message that cannot be parsed; the message says what and where."""
 
 
+Answers = list[tuple[str, str, int]]  # (question name, address, TTL)
+_PARSED = 1 << 16  # responses remembered by dns_table's ``parsed``; then it starts over
+
+
 def dns_table(packets: Packets, source: str, known: dict[int, str] | None = None,
+              parsed: dict[bytes, Answers | DnsError] | None = None,
               ) -> tuple[pa.Table, list[Reject]]:
     """The ``DNS`` rows of the responses among ``packets``, and rejects for bad ones;
-    ``known`` caches address texts (see ``segmenttable.ip_strings``).
+    ``known`` caches address texts (see ``segmenttable.ip_strings``), ``parsed`` the
+    answers of UDP responses by their bytes after the query id (pass the same dict for
+    every chunk of a read: a cluster asks for the same names all day).
 
     Responses with the same bytes but for the query id are parsed once, and their rows
     are repeated for every packet that carried them.
@@ -46,7 +54,10 @@ def dns_table(packets: Packets, source: str, known: dict[int, str] | None = None
     c = packets.dns
     _, rep, group = np.unique(_groups(c), return_index=True, return_inverse=True)
     group = group.reshape(-1)
-    results = [_parse_one(c, i) for i in rep.tolist()]
+    parsed = {} if parsed is None else parsed
+    if len(parsed) > _PARSED:
+        parsed.clear()
+    results = [_parse_cached(c, i, parsed) for i in rep.tolist()]
     rows, answers = _spread(results, group, c.row)
     failed = {g for g, r in enumerate(results) if isinstance(r, DnsError)}
     rejects = [_reject(c, i, source, results[g]) for i, g in enumerate(group.tolist())
@@ -54,10 +65,11 @@ def dns_table(packets: Packets, source: str, known: dict[int, str] | None = None
     return _table(packets, rows, answers, known), rejects
 
 
-def _spread(results: list[list[tuple[str, str, int]] | DnsError], group: np.ndarray,
-            row: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def _spread(results: list[Answers | DnsError], group: np.ndarray, row: np.ndarray,
+            ) -> tuple[np.ndarray, list[pa.Array]]:
     """Each packet's row number repeated once per answer of its group, and the answers'
-    names, addresses and TTLs, as arrays aligned with it."""
+    names, addresses and TTLs, as arrays aligned with it (Arrow ``take`` spreads them, so
+    no Python object is made per row)."""
     answers = [r if isinstance(r, list) else [] for r in results]
     count = np.array([len(a) for a in answers], dtype=np.int64)
     per = count[group]  # answers per packet
@@ -65,9 +77,9 @@ def _spread(results: list[list[tuple[str, str, int]] | DnsError], group: np.ndar
     at = (np.repeat(first[group], per) + np.arange(int(per.sum()))
           - np.repeat(np.cumsum(per) - per, per))
     flat = [a for group_answers in answers for a in group_answers]
-    columns = [np.array([a[k] for a in flat], dtype=object if k < 2 else np.int64)
+    columns = [pa.array([a[k] for a in flat], pa.string() if k < 2 else pa.int64())
                for k in range(3)]
-    return np.repeat(row, per), [col[at] for col in columns]
+    return np.repeat(row, per), [col.take(at) for col in columns]
 
 
 def _groups(c: DnsCandidates) -> np.ndarray:
@@ -95,7 +107,20 @@ _WEIGHTS = (np.random.default_rng(53).integers(1, 2**63, DNS_WIDTH // 8, dtype=n
             .astype(np.uint64) | np.uint64(1))
 
 
-def _parse_one(c: DnsCandidates, i: int) -> list[tuple[str, str, int]] | DnsError:
+def _parse_cached(c: DnsCandidates, i: int, parsed: dict[bytes, Answers | DnsError],
+                  ) -> Answers | DnsError:
+    """``_parse_one``, remembered for whole UDP responses (whose answers depend on
+    their bytes alone, the query id aside)."""
+    if c.proto[i] != 17 or c.truncated[i] or c.length[i] < 12:
+        return _parse_one(c, i)
+    key = c.payload(i)[2:]
+    hit = parsed.get(key)
+    if hit is None:
+        hit = parsed[key] = _parse_one(c, i)
+    return hit
+
+
+def _parse_one(c: DnsCandidates, i: int) -> Answers | DnsError:
     if c.truncated[i]:
         return DnsError(f"cut short by the capture: {c.length[i]} bytes captured")
     try:
@@ -123,7 +148,7 @@ def _messages(proto: int, payload: bytes) -> list[bytes]:
     return out
 
 
-def parse_response(msg: bytes) -> list[tuple[str, str, int]]:
+def parse_response(msg: bytes) -> Answers:
     """The (question name, address, TTL) answers of one DNS response; none for a query,
     an error RCODE or a response without a question.
 
@@ -137,7 +162,7 @@ def parse_response(msg: bytes) -> list[tuple[str, str, int]]:
         raise DnsError(f"runs past its end ({len(msg)} bytes)") from None
 
 
-def _answers(msg: bytes) -> list[tuple[str, str, int]]:
+def _answers(msg: bytes) -> Answers:
     if len(msg) < 12:
         raise DnsError(f"{len(msg)} bytes, shorter than the 12-byte header")
     flags, qdcount, ancount = struct.unpack_from(">2xHHH", msg)
@@ -203,15 +228,13 @@ def _name(msg: bytes, start: int, names: dict[int, str]) -> tuple[str, int]:
     return name, end if end >= 0 else pos + 1
 
 
-def _table(packets: Packets, rows: np.ndarray, answers: list[np.ndarray],
+def _table(packets: Packets, rows: np.ndarray, answers: list[pa.Array],
            known: dict[int, str] | None) -> pa.Table:
     names, ips, ttls = answers
     table = pa.table({
         "time": pa.array(packets.ts_us[rows], pa.timestamp("us", tz="UTC")),
         "client_ip": ip_strings(packets.dst_hi[rows], packets.dst_lo[rows],
                                 packets.pv[rows] > 255, known),
-        "name": pa.array(names, pa.string()),
-        "ip": pa.array(ips, pa.string()),
-        "ttl": pa.array(ttls, pa.int64()),
+        "name": names, "ip": ips, "ttl": ttls,
     })
     return conform(table, DNS)

@@ -22,7 +22,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from ingest.frames import Frames, window
+from ingest.frames import HEAD, FrameBytes, Frames, window
 from ingest.frames import field as col
 from ingest.schema import Reject
 
@@ -58,6 +58,23 @@ class Status(IntEnum):
 _LINKS = ("0 (null), 1 (Ethernet), 12, 14 or 101 (raw IP), 108 (loop), 113 (Linux cooked), "
           "228 (IPv4), 229 (IPv6) or 276 (Linux cooked v2)")
 _L4_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite", 1: "icmp", 58: "icmpv6"}
+
+
+def _by_pv(v4: dict[int, int], v6: dict[int, int], dtype: type) -> np.ndarray:
+    """A table indexed by ``pv`` (protocol | 256 for IPv6), from values by protocol."""
+    table: np.ndarray = np.zeros(512, dtype=dtype)
+    for base, values in ((0, v4), (256, v6)):
+        for proto, v in values.items():
+            table[base | proto] = v
+    return table
+
+
+# Per pv: has ports; is ICMP (of its own IP version); transport bytes its key needs.
+_PORTS = {6: 1, 17: 1, 132: 1, 136: 1}
+_PORTED = _by_pv(_PORTS, _PORTS, bool)
+_ICMP = _by_pv({1: 1}, {58: 1}, bool)
+_NEED = _by_pv({6: 14, 17: 4, 132: 4, 136: 4, 1: 8}, {6: 14, 17: 4, 132: 4, 136: 4, 58: 8},
+               np.int64)
 
 
 def explain(source: str, number: int, where: int, status: Status, value: int,
@@ -160,85 +177,89 @@ def decode(frames: Frames, name: str) -> Packets:
     skipped = rows = 0
     for start in range(0, len(frames), BLOCK):
         part = slice(start, min(start + BLOCK, len(frames)))
-        cols, status, value, extra = _block(frames.buf, frames.data[part],
+        head = window(frames.buf, frames.data[part], HEAD) if frames.head is None else \
+            frames.head[part]
+        cols, status, value, extra = _block(FrameBytes(frames.buf, frames.data[part], head),
                                             frames.caplen[part], frames.link[part])
         skipped += int(np.count_nonzero(status == Status.NOT_IP))
         rejects += [explain(name, int(frames.number[part][i]), int(frames.where[part][i]),
                             Status(int(status[i])), int(value[i]), int(extra[i]))
                     for i in np.flatnonzero(status > Status.NOT_IP)]
-        keep = status == Status.OK
+        ok = status == Status.OK
+        keep = slice(None) if ok.all() else ok  # usually nothing to drop
         cols = {k: v[keep] for k, v in cols.items()}
         cols["ts_us"] = frames.ts_us[part][keep]
         cols["number"] = frames.number[part][keep]
         cols["where"] = frames.where[part][keep]
         dns.append(_dns_candidates(frames.buf, cols, rows))
-        rows += int(np.count_nonzero(keep))
+        rows += len(cols["pv"])
         parts.append(cols)
     merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, _TYPES[k])
               for k in _COLUMNS}
     return Packets(**merged, dns=DnsCandidates.concat(dns), rejects=rejects, skipped=skipped)
 
 
-def _block(buf: np.ndarray, data: np.ndarray, caplen: np.ndarray, link: np.ndarray,
+def _block(frames: FrameBytes, caplen: np.ndarray, link: np.ndarray,
            ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Decode one block: its columns, a ``Status`` per packet and the values it is about."""
-    n = len(data)
+    n = len(caplen)
     status = np.zeros(n, dtype=np.int8)
     value = np.zeros(n, dtype=np.int64)
     extra = np.zeros(n, dtype=np.int64)
-    l3, family = _link(buf, data, caplen, link, status, value)
-    fend = data + caplen
-    cols = _ip(buf, l3, family, fend, status, value, extra)
-    _transport(buf, cols, fend, status, value, extra)
+    l3, family = _link(frames, caplen, link, status, value)
+    fend = frames.data + caplen
+    cols = _ip(frames, l3, family, fend, status, value, extra)
+    _transport(frames, cols, fend, status, value, extra)
     return cols, status, value, extra
 
 
-def _link(buf: np.ndarray, data: np.ndarray, caplen: np.ndarray, link: np.ndarray,
+def _link(frames: FrameBytes, caplen: np.ndarray, link: np.ndarray,
           status: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each frame's IP header offset and family: 4, 6, 0 (not IP) or -1 (not IP, though the
     link type says it must be)."""
-    l3 = data.copy()
-    family = np.zeros(len(data), dtype=np.int8)
+    l3 = frames.data.copy()
+    family = np.zeros(len(l3), dtype=np.int8)
     kinds = [int(link[0])] if (link == link[0]).all() else [int(k) for k in np.unique(link)]
     for kind in kinds:
         sel = slice(None) if len(kinds) == 1 else link == kind
-        decoded = _link_kind(buf, data[sel], kind)
+        decoded = _link_kind(frames.head[sel], kind)
         if decoded is None:
             status[sel], value[sel] = Status.LINK_TYPE, kind
             continue
         family[sel], off = decoded
         l3[sel] += off
         short = caplen[sel] < off
-        status[sel] = np.where(short, Status.LINK_SHORT, status[sel])
-        value[sel] = np.where(short, caplen[sel], value[sel])
-    status[(status == 0) & (family == 0)] = Status.NOT_IP
+        if short.any():
+            status[sel] = np.where(short, Status.LINK_SHORT, status[sel])
+            value[sel] = np.where(short, caplen[sel], value[sel])
+    _flag(status, value, (family == 0) & (status == 0), Status.NOT_IP, value)
     return l3, family
 
 
-def _link_kind(buf: np.ndarray, data: np.ndarray, kind: int,
-               ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(family, link header length) for frames of one link type; None if unknown."""
-    n = len(data)
+def _link_kind(head: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(family, link header length) for frames of one link type (their ``head`` bytes);
+    None if unknown."""
+    n = len(head)
     if kind == 1:  # Ethernet: EtherType at 12, after up to two VLAN tags of 4 bytes each
-        w = window(buf, data, 22)
+        w = head
         et = col(w, 12, ">u2").astype(np.int32)
         off = np.full(n, 14, dtype=np.int64)
         for at in (16, 20):
-            tagged = np.isin(et, _VLAN)
+            tagged = (et == _VLAN[0]) | (et == _VLAN[1]) | (et == _VLAN[2])
             if not tagged.any():
                 break
             et = np.where(tagged, col(w, at, ">u2"), et)
             off += 4 * tagged
         return _family(et), off
     if kind in (113, 276):  # Linux cooked v1: protocol at 14 of 16 bytes; v2: at 0 of 20
-        et = col(window(buf, data, 16), 14 if kind == 113 else 0, ">u2").astype(np.int32)
+        et = col(head[:, :16], 14 if kind == 113 else 0, ">u2").astype(np.int32)
         return _family(et), np.full(n, 16 if kind == 113 else 20, dtype=np.int64)
     if kind in (12, 14, 101, 228, 229):  # raw IP: the version nibble says which
-        version = (window(buf, data, 1)[:, 0] >> 4).astype(np.int8)
+        version = (head[:, 0] >> 4).astype(np.int8)
         want = {228: (4,), 229: (6,)}.get(kind, (4, 6))
         return np.where(np.isin(version, want), version, -1).astype(np.int8), np.zeros(n, np.int64)
     if kind in (0, 108):  # BSD loopback: AF_ value in the writer's byte order
-        w = window(buf, data, 4)
+        w = head[:, :4]
         fam = np.minimum(col(w, 0, "<u4"), col(w, 0, ">u4"))  # the other order is huge
         return np.select([fam == 2, np.isin(fam, (10, 24, 28, 30))], [4, 6], 0).astype(
             np.int8), np.full(n, 4, dtype=np.int64)
@@ -246,35 +267,38 @@ def _link_kind(buf: np.ndarray, data: np.ndarray, kind: int,
 
 
 def _family(ethertype: np.ndarray) -> np.ndarray:
-    return np.select([ethertype == 0x0800, ethertype == 0x86DD], [4, 6], 0).astype(np.int8)
+    family: np.ndarray = ((ethertype == 0x0800).view(np.int8) * 4
+                          + (ethertype == 0x86DD).view(np.int8) * 6)
+    return family
 
 
-def _ip(buf: np.ndarray, l3: np.ndarray, family: np.ndarray, fend: np.ndarray,
+def _ip(frames: FrameBytes, l3: np.ndarray, family: np.ndarray, fend: np.ndarray,
         status: np.ndarray, value: np.ndarray, extra: np.ndarray) -> dict[str, np.ndarray]:
     """Addresses, protocol, IP length and transport offset; sets IP-level statuses."""
     n = len(l3)
-    room = len(buf) - 40
-    m = window(buf, np.minimum(l3, room), 40)
-    version = (m[:, 0] >> 4).astype(np.int8)
-    ok = status == 0
-    _flag(status, value, ok & (version != family), Status.IP_VERSION, version)
-    ok = status == 0
+    m = frames.at(l3, 40)
+    # three reads of the (strided) header; the fields are cut from them with shifts
+    word = col(m, 0, ">u8").astype(np.uint64)  # version/IHL, TOS, length, id, fragment
+    addresses = col(m, 12, ">u8").astype(np.uint64)  # IPv4 source and destination
+    version = (word >> np.uint64(60)).astype(np.int8)
+    _flag(status, value, (version != family) & (status == 0), Status.IP_VERSION, version)
     v6 = family == 6
     avail = fend - l3
-    _flag(status, value, ok & (avail < np.where(v6, 40, 20)), Status.IP_SHORT, avail)
-    ihl = (m[:, 0] & 15).astype(np.int64) * 4
-    ip_len = col(m, 2, ">u2").astype(np.int64)
+    _flag(status, value, (avail < np.where(v6, 40, 20)) & (status == 0), Status.IP_SHORT,
+          avail)
+    ihl = ((word >> np.uint64(56)) & np.uint64(15)).astype(np.int64) * 4
+    ip_len = ((word >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
     v4ok = (status == 0) & ~v6
     _flag(status, value, v4ok & (ihl < 20), Status.IHL, ihl)
     bad_len = (status == 0) & ~v6 & (ip_len < ihl)
-    _flag(status, value, bad_len, Status.TOTAL_LENGTH, ip_len)
-    extra[bad_len] = ihl[bad_len]
+    if _flag(status, value, bad_len, Status.TOTAL_LENGTH, ip_len):
+        extra[bad_len] = ihl[bad_len]
     cols = {"pv": m[:, 9].astype(np.int32), "src_hi": np.zeros(n, np.uint64),
-            "src_lo": col(m, 12, ">u4").astype(np.uint64), "dst_hi": np.zeros(n, np.uint64),
-            "dst_lo": col(m, 16, ">u4").astype(np.uint64), "ip_len": ip_len,
-            "l3": l3, "l4": l3 + ihl, "later_fragment": (col(m, 6, ">u2") & 0x1FFF) != 0}
+            "src_lo": addresses >> np.uint64(32), "dst_hi": np.zeros(n, np.uint64),
+            "dst_lo": addresses & np.uint64(0xFFFFFFFF), "ip_len": ip_len,
+            "l3": l3, "l4": l3 + ihl, "later_fragment": (word & np.uint64(0x1FFF)) != 0}
     if v6.any():
-        _ipv6(buf, m, v6, cols, fend, status)
+        _ipv6(frames.buf, m, v6, cols, fend, status)
     return cols
 
 
@@ -307,39 +331,55 @@ def _ipv6(buf: np.ndarray, m: np.ndarray, v6: np.ndarray, cols: dict[str, np.nda
     cols["pv"] = np.where(v6, nh | 256, cols["pv"])
 
 
-def _transport(buf: np.ndarray, cols: dict[str, np.ndarray], fend: np.ndarray,
+def _transport(frames: FrameBytes, cols: dict[str, np.ndarray], fend: np.ndarray,
                status: np.ndarray, value: np.ndarray, extra: np.ndarray) -> None:
     """Ports (or ICMP keys), TCP flags and ICMP type/code; sets the L4 status."""
-    l4 = np.minimum(cols["l4"], len(buf) - 16)
-    w = window(buf, l4, 16)
-    proto = cols["pv"] & 255
-    v6 = cols["pv"] > 255
+    w = frames.at(cols["l4"], 16)
+    pv = cols["pv"]
     has = ~cols.pop("later_fragment")
-    icmp = has & (((proto == 1) & ~v6) | ((proto == 58) & v6))
-    ported = has & np.isin(proto, (6, 17, 132, 136))
-    need = np.select([proto == 6, ported, icmp], [14, 4, 8], 0)
-    room = np.minimum(fend, cols["l3"] + cols["ip_len"]) - cols["l4"]
-    short = (status == 0) & has & (room < need)
-    _flag(status, value, short, Status.L4_SHORT, room)
-    extra[short] = proto[short]
-    kind, code = w[:, 0].astype(np.int32), w[:, 1].astype(np.int32)
-    echo = icmp & np.where(v6, (kind == 128) | (kind == 129), (kind == 8) | (kind == 0))
-    icmp_key = np.where(echo, col(w, 4, ">u2").astype(np.int32), 65536 + kind * 256 + code)
-    cols["sport"] = np.select([ported, icmp], [col(w, 0, ">u2"), icmp_key], -1).astype(np.int32)
-    cols["dport"] = np.select([ported, icmp], [col(w, 2, ">u2"), icmp_key], -1).astype(np.int32)
-    cols["flags"] = np.where(has & (proto == 6), w[:, 13], 0).astype(np.uint8)
-    cols["icmp_type"] = np.where(icmp, kind, -1).astype(np.int16)
-    cols["icmp_code"] = np.where(icmp, code, -1).astype(np.int16)
-    cols["data_at"] = cols["l4"] + np.where(proto == 6, (w[:, 12] >> 4).astype(np.int64) * 4, 8)
-    cols["end"] = np.minimum(fend, cols["l3"] + cols["ip_len"])
-    cols["truncated"] = fend < cols["l3"] + cols["ip_len"]
+    icmp = has & _ICMP[pv]
+    ported = has & _PORTED[pv]
+    ip_end = cols["l3"] + cols["ip_len"]
+    end = np.minimum(fend, ip_end)
+    room = end - cols["l4"]
+    short = (status == 0) & has & (room < _NEED[pv])
+    if _flag(status, value, short, Status.L4_SHORT, room):
+        extra[short] = pv[short] & 255
+    ports = col(w, 0, ">u4").astype(np.int64)  # source and destination port
+    cols["sport"] = np.where(ported, ports >> 16, -1).astype(np.int32)
+    cols["dport"] = np.where(ported, ports & 0xFFFF, -1).astype(np.int32)
+    cols["icmp_type"] = np.full(len(pv), -1, dtype=np.int16)
+    cols["icmp_code"] = np.full(len(pv), -1, dtype=np.int16)
+    if icmp.any():
+        _icmp(w, pv, icmp, cols)
+    tcp = (pv & 255) == 6
+    cols["flags"] = w[:, 13] * (has & tcp)
+    cols["data_at"] = cols["l4"] + np.where(tcp, (w[:, 12] >> 4).astype(np.int64) * 4, 8)
+    cols["end"] = end
+    cols["truncated"] = fend < ip_end
     del cols["l3"], cols["l4"]
 
 
+def _icmp(w: np.ndarray, pv: np.ndarray, icmp: np.ndarray, cols: dict[str, np.ndarray],
+          ) -> None:
+    """The flow-key ports and type/code of the ICMP packets (``icmp``)."""
+    kind, code = w[:, 0].astype(np.int32), w[:, 1].astype(np.int32)
+    echo = icmp & np.where(pv > 255, (kind == 128) | (kind == 129), (kind == 8) | (kind == 0))
+    key = np.where(echo, col(w, 4, ">u2").astype(np.int32), 65536 + kind * 256 + code)
+    cols["sport"] = np.where(icmp, key, cols["sport"])
+    cols["dport"] = np.where(icmp, key, cols["dport"])
+    cols["icmp_type"] = np.where(icmp, kind, -1).astype(np.int16)
+    cols["icmp_code"] = np.where(icmp, code, -1).astype(np.int16)
+
+
 def _flag(status: np.ndarray, value: np.ndarray, where: np.ndarray, code: Status,
-          values: np.ndarray) -> None:
+          values: np.ndarray) -> bool:
+    """Give the packets ``where`` the status ``code``; whether there were any."""
+    if not where.any():
+        return False
     status[where] = code
     value[where] = values[where]
+    return True
 
 
 def _dns_candidates(buf: np.ndarray, cols: dict[str, np.ndarray], first_row: int,

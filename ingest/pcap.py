@@ -28,7 +28,7 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from ingest.connections import ConnectionTracker, Timeouts
-from ingest.dns import dns_table
+from ingest.dns import Answers, DnsError, dns_table
 from ingest.packets import decode
 from ingest.pcapfile import iter_frames
 from ingest.schema import DNS, Reject
@@ -75,11 +75,12 @@ def read_pcap(source: str | os.PathLike[str] | BinaryIO, *, name: str | None = N
     with _opened(source) as stream:
         label = name or _name_of(source)
         tracker = ConnectionTracker(interval, timeouts)
+        parsed: dict[bytes, Answers | DnsError] = {}  # DNS responses seen in this read
         bytes_read = 0
         for frames in iter_frames(stream, label, chunk_bytes, mapped=owned):
             packets = decode(frames, label)
             segments = tracker.feed(packets)
-            dns, dns_rejects = dns_table(packets, label, tracker.known)
+            dns, dns_rejects = dns_table(packets, label, tracker.known, parsed)
             bytes_read = frames.bytes_read
             yield CaptureBatch(segments=segments, dns=dns, rejects=packets.rejects + dns_rejects,
                                packets=frames.records, skipped=packets.skipped,
