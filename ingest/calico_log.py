@@ -1,10 +1,12 @@
 """Reading Calico Enterprise ``flows.log`` (JSON lines, ``reference/calico.md`` §1.1-§1.2) into
 batches of :data:`ingest.schema.FLOWS` rows.
 
-A block of lines is parsed at once by Arrow's JSON reader with an explicit schema; only a block
-that fails is halved until the bad lines are isolated, and those are parsed one by one to say
-what is wrong with them. Validation and conversion are columnar; work that depends only on a
-label or a policy-hit string is done once per distinct string.
+The file is cut into blocks of complete lines. A block is parsed at once by Arrow's JSON reader
+with an explicit schema (:data:`RAW`); only a block that fails is halved until the bad lines are
+isolated, and those are parsed one by one to say what is wrong with them. The records are then
+checked and converted by :mod:`ingest.calico_records`. Blocks are independent, so they are read
+on as many threads as Arrow's CPU pool has (``pyarrow.cpu_count()``), up to a batch ahead of the
+consumer: Arrow's parser and compute functions run without the GIL.
 
 >>> import io
 >>> log = io.BytesIO(b'{"start_time":1,"end_time":16,"action":"allow","reporter":"src",'
@@ -17,60 +19,30 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ingest.schema import FLOWS, Reject, conform, empty
-from policy.errors import HitSyntaxError
-from policy.hits import ParsedHit, parse_hit
+from ingest.calico_records import RAW, problems, to_flows
+from ingest.schema import FLOWS, Reject, empty
 
-__all__ = ["LogBatch", "read_calico_log"]
+__all__ = ["RAW", "LogBatch", "read_calico_log"]
 
 _READ_SIZE = 1 << 20  # bytes per read(); a batch is cut at its batch_lines-th newline
 _BLOCK = 16 << 20  # Arrow JSON block size; a longer line is parsed on its own
 _LEAF = 16  # a failing range this short is checked line by line
 _SPAN = 8192  # lines per block: its buffers stay small enough to be reused, not refaulted
+_NEWLINE, _OBJECT = 10, 123  # "\n", "{"
 _WHITESPACE = (9, 13, 32)  # what JSON skips besides "\n"
-_SEP = "\x1f"  # joins a hit list into one string; hits with control characters are rejected
-_TS = pa.timestamp("s", tz="UTC")
-_STRINGS = pa.list_(pa.string())
-_POLICY_LISTS = ("all_policies", "enforced_policies", "pending_policies", "transit_policies")
-_PORTS = ("source_port", "dest_port", "dest_service_port_num")
-_ENUMS = (
-    ("action", ("allow", "deny")),
-    ("reporter", ("src", "dst", "fwd", "src,fwd", "dst,fwd")),  # §1.2, §1.6
-    ("source_type", ("wep", "hep", "ns", "net")),  # §1.3
-    ("dest_type", ("wep", "hep", "ns", "net")),
-)
-
-
-def _json_type(typ: pa.DataType) -> pa.DataType:
-    """How Calico writes a FLOWS column: times and ports as plain integers, labels as
-    ``{"labels": ["k=v", ...]}``; dictionary columns are plain strings."""
-    if pa.types.is_timestamp(typ) or pa.types.is_integer(typ):
-        return pa.int64()
-    if pa.types.is_dictionary(typ):
-        return pa.string()
-    if pa.types.is_map(typ):
-        return pa.struct([pa.field("labels", _STRINGS)])
-    if pa.types.is_list(typ) and pa.types.is_integer(typ.value_type):
-        return pa.list_(pa.int64())
-    return typ
-
-
-RAW = pa.schema(
-    [pa.field(f.name, _json_type(f.type)) for f in FLOWS
-     if f.name not in (*_POLICY_LISTS, "collector")]
-    + [pa.field("policies", pa.struct([pa.field(n, _STRINGS) for n in _POLICY_LISTS]))])
-_COUNTERS = tuple(f.name for f in RAW if f.type == pa.int64()
-                  and f.name not in (*_PORTS, "start_time", "end_time"))
 _PARSE = pj.ParseOptions(explicit_schema=RAW, unexpected_field_behavior="ignore")
+_Read = tuple[pa.Table, list[Reject]]  # a block's good rows (FLOWS) and its rejected lines
+_End = tuple[bool, int, int]  # the block ends a batch; lines and bytes consumed after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +63,9 @@ def read_calico_log(source: BinaryIO, *, name: str, start_offset: int = 0,
     * Only lines ending in ``"\\n"`` are consumed: a partial last line (a writer mid-line) is
       left for the next run, so ``end_offset`` is always a line start to resume from. A seekable
       ``source`` is seeked to ``start_offset``; an unseekable one must already be there.
-    * Memory holds one batch (its bytes and its table) whatever the size of the file.
+    * Memory holds one batch whatever the size of the file, or two with more than one thread:
+      the next batch is read while the consumer handles the one handed out.
+      ``pyarrow.set_cpu_count(1)`` keeps the reading on the calling thread.
     * Blank lines are consumed silently. Line numbers in rejects count ``start_offset``'s line
       as line 1; the byte offset given with them is the line's offset in the file.
     * A bad line becomes a :class:`Reject` (``flows.log: line 12 (byte 3456): action: 'alow'
@@ -112,38 +86,18 @@ def read_calico_log(source: BinaryIO, *, name: str, start_offset: int = 0,
         raise ValueError(f"batch_lines must be 1 or more (got {batch_lines!r})")
     if source.seekable():
         source.seek(start_offset)
-    offset, line_no, done = start_offset, 0, 0
+    blocks = _blocks(source, name, start_offset, batch_lines)
+    done = 0
     tables: list[pa.Table] = []
     rejects: list[Reject] = []
-    for data, ends, full in _line_runs(source, batch_lines):
-        block = _Block(name, data, np.asarray(ends, dtype=np.int64), offset, line_no)
-        table, bad = _read_block(block, host)
+    read = functools.partial(_read_block, host=host)
+    ahead = -(-batch_lines // _SPAN)  # a batch's blocks: the next batch is read meanwhile
+    for (last, lines, end), (table, bad) in _in_order(read, blocks, pa.cpu_count(), ahead):
         tables.append(table)
         rejects += bad
-        offset, line_no = offset + len(data), line_no + len(ends)
-        if full:
-            yield LogBatch(pa.concat_tables(tables), rejects, line_no - done, offset)
-            tables, rejects, done = [], [], line_no
-
-
-def _line_runs(source: BinaryIO, batch_lines: int) -> Iterator[tuple[bytes, list[int], bool]]:
-    """Runs of at most ``_SPAN`` complete lines, with the position of each line's ``"\\n"``
-    and whether the run ends a batch; bytes after the last ``"\\n"`` are never yielded."""
-    parts: list[bytes] = []  # read but not yet yielded, joined once per run
-    size, in_batch = 0, 0
-    ends: list[int] = []
-    while chunk := source.read(_READ_SIZE):
-        pos = -1
-        while (pos := chunk.find(b"\n", pos + 1)) != -1:
-            ends.append(size + pos)
-            if len(ends) == min(_SPAN, batch_lines - in_batch):
-                in_batch = (in_batch + len(ends)) % batch_lines
-                yield b"".join([*parts, chunk[:pos + 1]]), ends, in_batch == 0
-                chunk, parts, size, ends, pos = chunk[pos + 1:], [], 0, [], -1
-        parts.append(chunk)
-        size += len(chunk)
-    if ends:
-        yield b"".join(parts)[:ends[-1] + 1], ends, True
+        if last:
+            yield LogBatch(pa.concat_tables(tables), rejects, lines - done, end)
+            tables, rejects, done = [], [], lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +109,10 @@ class _Block:
     ends: np.ndarray  # position of each line's "\n" in data
     offset: int  # file offset of data[0]
     first_line: int  # lines consumed before this block in this read
+    last: bool  # the block ends a batch
+
+    def end(self) -> _End:
+        return self.last, self.first_line + len(self.ends), self.offset + len(self.data)
 
     def start(self, i: int) -> int:
         return int(self.ends[i - 1]) + 1 if i else 0
@@ -172,37 +130,72 @@ class _Block:
         return Reject(self.name, where, field, value, expected, raw)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _hit(text: str) -> ParsedHit | str:
-    """The parsed hit, or why it is not one (cached: a log repeats few distinct hits)."""
-    if any(c < " " for c in text):
-        return "it holds a control character"
+def _blocks(source: BinaryIO, name: str, offset: int, batch_lines: int) -> Iterator[_Block]:
+    line_no = 0
+    for data, ends, last in _line_runs(source, batch_lines):
+        yield _Block(name, data, ends, offset, line_no, last)
+        offset, line_no = offset + len(data), line_no + len(ends)
+
+
+def _line_runs(source: BinaryIO,
+               batch_lines: int) -> Iterator[tuple[bytes, np.ndarray, bool]]:
+    """Runs of at most ``_SPAN`` complete lines, with the position of each line's ``"\\n"``
+    and whether the run ends a batch; bytes after the last ``"\\n"`` are never yielded."""
+    parts: list[memoryview] = []  # read but not yet yielded, joined once per run
+    found: list[np.ndarray] = []  # the "\n" in parts, counted from the start of parts[0]
+    size, count, in_batch = 0, 0, 0
+    while chunk := source.read(_READ_SIZE):
+        found.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == _NEWLINE) + size)
+        parts.append(memoryview(chunk))
+        size, count = size + len(chunk), count + len(found[-1])
+        # parts held fewer than `want` lines before this chunk: the cut falls in parts[-1]
+        while count >= (want := min(_SPAN, batch_lines - in_batch)):
+            ends = np.concatenate(found)
+            cut = int(ends[want - 1]) + 1
+            tail = cut - (size - len(parts[-1]))
+            in_batch = (in_batch + want) % batch_lines
+            yield b"".join([*parts[:-1], parts[-1][:tail]]), ends[:want], in_batch == 0
+            parts, found = [parts[-1][tail:]], [ends[want:] - cut]
+            size, count = size - cut, count - want
+    if count:
+        ends = np.concatenate(found)
+        yield b"".join(parts)[:int(ends[-1]) + 1], ends, True
+
+
+def _in_order(read: Callable[[_Block], _Read], blocks: Iterator[_Block], workers: int,
+              ahead: int) -> Iterator[tuple[_End, _Read]]:
+    """What ``read`` gives for each block, in order, with where the block ends. With
+    ``workers`` > 1 the blocks are read on that many threads, up to ``ahead`` blocks ahead of
+    the one handed out, so that the threads go on while the consumer handles a batch."""
+    if workers < 2:
+        for block in blocks:
+            yield block.end(), read(block)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="calico-log")
+    pending: deque[tuple[_End, Future[_Read]]] = deque()  # a done block's bytes are freed
     try:
-        return parse_hit(text)
-    except HitSyntaxError as err:
-        return str(err).removeprefix(f"invalid policy hit {text!r}: ").split("; expected")[0]
+        for block in blocks:
+            pending.append((block.end(), pool.submit(read, block)))
+            if len(pending) > max(ahead, workers):
+                end, result = pending.popleft()
+                yield end, result.result()
+        while pending:
+            end, result = pending.popleft()
+            yield end, result.result()
+    finally:  # also when the consumer stops early: drop what was not started
+        pool.shutdown(cancel_futures=True)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _label(text: str) -> tuple[str, str] | None:
-    """``"app=web"`` → ``("app", "web")``; None unless ``key=value`` with a key."""
-    key, eq, value = text.partition("=")
-    return (key, value) if eq and key else None
-
-
-def _read_block(block: _Block, host: str | None) -> tuple[pa.Table, list[Reject]]:
+def _read_block(block: _Block, host: str | None) -> _Read:
     raw, rows, rejects = _parse(block)
-    bad: dict[int, tuple[str, str, str]] = {}
-    for found, values, field, expected in _problems(raw) if raw.num_rows else ():
-        for r, v, e in zip(found.tolist(), values, expected, strict=True):
-            bad.setdefault(r, (field, repr(v), e))
+    bad = problems(raw)
     rejects += [block.reject(int(rows[r]), *why) for r, why in bad.items()]
     rejects.sort(key=lambda r: int(r.position.split()[1]))
     if bad:
         keep = np.ones(raw.num_rows, dtype=bool)
         keep[list(bad)] = False
         raw = raw.filter(pa.array(keep))
-    return (_to_flows(raw, host) if raw.num_rows else empty(FLOWS)), rejects
+    return (to_flows(raw, host) if raw.num_rows else empty(FLOWS)), rejects
 
 
 # --- parsing: whole blocks with Arrow, bad lines isolated by halving --------------------------
@@ -220,26 +213,29 @@ class _Parsed:
 
 def _parse(block: _Block) -> tuple[pa.Table, np.ndarray, list[Reject]]:
     """Rows of the block's lines, the line of each row, and the lines Arrow could not read."""
-    blank = _blank_lines(block)
-    # Arrow does not check UTF-8: a line with invalid UTF-8 must never reach it.
-    unsafe = np.zeros(len(blank), dtype=bool)
-    if not block.data.isascii():
-        unsafe = np.array([not _is_utf8(block.line(i)) for i in range(len(blank))], dtype=bool)
+    first = _first_bytes(block)
+    blank = first < 0
+    # Arrow must never see a line that is not an object: it reads "null" after an object as a
+    # row of nulls, and pyarrow 26 crashes on a buffer that starts with "null".
+    unsafe = ~blank & (first != _OBJECT)
+    if not block.data.isascii():  # Arrow does not check UTF-8
+        unsafe |= np.array([not _is_utf8(block.line(i)) for i in range(len(first))], dtype=bool)
     out = _Parsed()
-    _parse_range(block, 0, len(blank), blank, unsafe, out)
+    _parse_range(block, 0, len(first), blank, unsafe, out)
     if not out.tables:
         return RAW.empty_table(), np.zeros(0, dtype=np.int64), out.rejects
     return pa.concat_tables(out.tables), np.concatenate(out.rows), out.rejects
 
 
-def _blank_lines(block: _Block) -> np.ndarray:
+def _first_bytes(block: _Block) -> np.ndarray:
+    """The first byte of each line that JSON does not skip as whitespace; -1 if none."""
     starts = np.concatenate(([0], block.ends[:-1] + 1))
-    empty_line = block.ends == starts
-    first = np.frombuffer(block.data, dtype=np.uint8)[starts]
-    blank: np.ndarray = empty_line | np.isin(first, _WHITESPACE)
-    for i in np.flatnonzero(blank & ~empty_line):  # starts with whitespace: look closer
-        blank[i] = not block.line(int(i)).strip(b" \t\r")
-    return blank
+    first = np.frombuffer(block.data, dtype=np.uint8)[starts].astype(np.int16)
+    first[block.ends == starts] = -1  # an empty line: its first byte is its "\n"
+    for i in np.flatnonzero(np.isin(first, _WHITESPACE)):  # starts with whitespace: look closer
+        rest = block.line(int(i)).lstrip(b" \t\r")
+        first[i] = rest[0] if rest else -1
+    return first
 
 
 def _is_utf8(line: bytes) -> bool:
@@ -343,134 +339,7 @@ def _describe(name: str, typ: pa.DataType) -> str:
         return ('{"labels": ["key=value", ...]} or null' if name != "policies"
                 else "an object of policy-hit lists")
     return {pa.int64(): "an integer or null", pa.string(): "a string or null",
-            _STRINGS: "a list of strings or null"}.get(typ, "a list of integers or null")
+            pa.list_(pa.string()): "a list of strings or null",
+            }.get(typ, "a list of integers or null")
 
 
-# --- validation: one pass per rule over the block's columns -----------------------------------
-
-_Found = tuple[np.ndarray, list[object], str, list[str]]  # rows, values, field, expected
-
-
-def _problems(t: pa.Table) -> Iterator[_Found]:
-    """Rows that break a rule, in rule order (a row is reported for the first it breaks)."""
-    for name in ("start_time", "end_time"):
-        yield _found(t[name], pc.is_null(t[name]), name, "an integer Unix time in seconds")
-    rows = _where(pc.less(t["end_time"], t["start_time"]))
-    yield (rows, t["end_time"].take(rows).to_pylist(), "end_time",
-           [f"a Unix time not before start_time {s}" for s in t["start_time"].take(rows)])
-    for name, allowed in _ENUMS:
-        ok = pc.is_in(t[name], value_set=pa.array(allowed))
-        text = " or ".join(allowed) if len(allowed) == 2 else f"one of {', '.join(allowed)}"
-        yield _found(t[name], pc.invert(ok), name, text)
-    for name in _PORTS:
-        yield _found(t[name], _off_port(t[name]), name, "a port 0-65535 or null")
-    yield _nested(t["nat_outgoing_ports"], _off_port, "nat_outgoing_ports",
-                  lambda _: "ports 0-65535")
-    for name in _COUNTERS:
-        yield _found(t[name], pc.less(t[name], 0), name, "a count of 0 or more")
-    for name in ("source_labels", "dest_labels"):
-        yield _nested(pc.struct_field(t[name], "labels"),
-                      lambda v: _marks(v, lambda s: _label(s) is None), name,
-                      lambda _: "labels as key=value")
-    for name in _POLICY_LISTS:
-        yield _nested(pc.struct_field(t["policies"], name),
-                      lambda v: _marks(v, lambda s: isinstance(_hit(s), str)),
-                      f"policies.{name}",
-                      lambda v: "a policy hit index|tier|name|action|rule "
-                                f"({_hit(v) if isinstance(v, str) else 'not a string'})")
-
-
-def _where(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
-
-
-def _found(column: pa.ChunkedArray, mask: pa.ChunkedArray, field: str, expected: str) -> _Found:
-    rows = _where(mask)
-    return rows, column.take(rows).to_pylist(), field, [expected] * len(rows)
-
-
-def _nested(lists: pa.ChunkedArray, bad: Callable[[pa.ChunkedArray], pa.ChunkedArray],
-            field: str, expected: Callable[[object], str]) -> _Found:
-    """Rows of ``lists`` holding a value that ``bad`` marks, with the first such value."""
-    flat = pc.list_flatten(lists)
-    hits = _where(bad(flat))
-    rows, first = np.unique(pc.list_parent_indices(lists).to_numpy()[hits], return_index=True)
-    values = flat.take(hits[first]).to_pylist()
-    return rows, values, field, [expected(v) for v in values]
-
-
-def _off_port(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    return pc.or_(pc.less(values, 0), pc.greater(values, 65535))
-
-
-def _marks(values: pa.ChunkedArray, is_bad: Callable[[str], bool]) -> pa.ChunkedArray:
-    """True for each null value and each value that ``is_bad``, judged once per distinct one."""
-    bad = [v for v in pc.unique(values).to_pylist() if v is None or is_bad(v)]
-    return pc.is_in(values, value_set=pa.array(bad, pa.string()))
-
-
-# --- conversion to FLOWS ----------------------------------------------------------------------
-
-def _to_flows(raw: pa.Table, host: str | None) -> pa.Table:
-    cols: dict[str, pa.ChunkedArray | pa.Array] = {
-        f.name: raw[f.name] for f in RAW if f.name != "policies"}
-    cols["start_time"] = raw["start_time"].cast(_TS)
-    cols["end_time"] = raw["end_time"].cast(_TS)
-    for name in ("source_labels", "dest_labels"):
-        cols[name] = _label_map(raw[name])
-    cols.update(_policies(raw["policies"]))
-    if host is not None:
-        cols["host"] = pc.fill_null(raw["host"], host)
-    cols["collector"] = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(raw.num_rows, dtype=np.int32)), pa.array(["calico"]))
-    return conform(pa.table(cols))
-
-
-def _label_map(column: pa.ChunkedArray) -> pa.MapArray:
-    """``{"labels": ["k=v", ...]}`` → map, each distinct label split once."""
-    lists = pc.struct_field(column, "labels")
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = pc.list_flatten(lists)
-    uniq = pc.unique(flat)
-    pairs = [_label(v) or ("", "") for v in uniq.to_pylist()]
-    at = pc.index_in(flat, value_set=uniq)
-    keys = pa.array([k for k, _ in pairs], pa.string()).take(at)
-    items = pa.array([v for _, v in pairs], pa.string()).take(at)
-    return pa.MapArray.from_arrays(pa.array(offsets), _one(keys), _one(items),
-                                   mask=pc.is_null(column).combine_chunks())
-
-
-def _one(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def _policies(column: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
-    lists = {name: pc.struct_field(column, name) for name in _POLICY_LISTS}
-    alls = lists["all_policies"]
-    if pc.any(pc.and_(pc.is_null(lists["enforced_policies"]), pc.is_valid(alls))).as_py():
-        lists["enforced_policies"] = pc.coalesce(lists["enforced_policies"],
-                                                 _enforced_from_all(alls))
-    lists["pending_policies"] = pc.coalesce(lists["pending_policies"], alls)
-    return lists
-
-
-def _enforced_from_all(alls: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Per row, the non-staged hits of ``all_policies`` renumbered; once per distinct list."""
-    joined = pc.binary_join(alls, _SEP)
-    uniq = pc.unique(joined)
-    derived = [None if u is None else _renumber(u.split(_SEP) if u else [])
-               for u in uniq.to_pylist()]
-    return pa.array(derived, _STRINGS).take(pc.index_in(joined, value_set=uniq))
-
-
-def _renumber(hits: list[str]) -> list[str]:
-    """``["0|t|t.a|pass|0", "1|t|t.staged:b|deny|-1", "2|u|u.c|allow|0"]`` →
-    ``["0|t|t.a|pass|0", "1|u|u.c|allow|0"]``: staged hits dropped, the rest renumbered."""
-    kept = []
-    for k, text in enumerate(hits):
-        parsed = _hit(text)
-        if isinstance(parsed, ParsedHit) and not parsed.staged:
-            kept.append((parsed.index, k, text))
-    return [f"{n}|{text.split('|', 1)[1]}" for n, (_, _, text) in enumerate(sorted(kept))]

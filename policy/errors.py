@@ -57,10 +57,15 @@ class DocumentError(PolicyError):
 
 
 class HitSyntaxError(PolicyError):
-    """A policy-hit string that matches none of the known flow-log formats."""
+    """A policy-hit string that matches none of the known flow-log formats.
+
+    ``text`` is the hit as given, ``reason`` what is wrong with it (``"has 3 '|'-separated
+    fields"``), without the list of accepted formats that the message adds.
+    """
 
     def __init__(self, text: str, reason: str) -> None:
         self.text = text
+        self.reason = reason
         super().__init__(
             f"invalid policy hit {text!r}: {reason}; expected "
             "'<index>|<tier>|<name>|<action>|<rule>' (classic Enterprise), "
