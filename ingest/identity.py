@@ -96,7 +96,8 @@ class _SetIndex:
     def containing(self, ip: IpAddress) -> list[tuple[int, NetworkSet]]:
         """Every set with a CIDR containing ``ip``, with that CIDR's prefix length."""
         bits = 32 if ip.version == 4 else 128
-        value, out = int(ip), []
+        value = int(ip)
+        out: list[tuple[int, NetworkSet]] = []
         for plen in self.lengths[ip.version]:
             masked = value >> (bits - plen) << (bits - plen) if plen else 0
             out.extend((plen, s) for s in self.by_prefix[(ip.version, plen)].get(masked, ()))

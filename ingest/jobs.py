@@ -25,7 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest.calico_log import read_calico_log
+from ingest.conntrack import Snapshot, parse_conntrack, segments
 from ingest.flows import FlowBuilder
+from ingest.pcap import read_pcap
 from ingest.schema import DNS, Reject
 from ingest.store import Store, Writer
 
@@ -71,17 +74,21 @@ def _noop(_file: str, _done: int, _total: int) -> None:
 def ingest_pcap(paths: Iterable[str | os.PathLike[str]], store: Store, builder: FlowBuilder,
                 interval: int = 300, progress: Progress = _noop,
                 wait: float | None = None) -> IngestSummary:
-    from ingest.pcap import read_pcap  # noqa: PLC0415 - lands with its reader
-
     summary, started = IngestSummary("pcap"), time.monotonic()
     with store.writer(wait) as w:
         for path in map(Path, paths):
-            pos = w.position(path)
-            if pos.complete and pos.offset == path.stat().st_size:
+            pos, size = w.position(path), path.stat().st_size
+            if pos.complete:
+                # A capture is ingested whole: one that grew since (tcpdump still writing)
+                # is not re-read, which would count its first part twice.
                 summary.skipped_files += 1
+                if size != pos.offset:
+                    summary.messages.append(
+                        f"{path}: already ingested at {pos.offset} bytes, now {size}; captures "
+                        "are ingested whole once (rotate with tcpdump -G/-C and ingest the "
+                        "closed files)")
                 continue
             summary.files += 1
-            size = path.stat().st_size
             buffer = _SegmentBuffer(builder, w)
             for batch in read_pcap(path, name=str(path), interval=interval):
                 summary.records_in += batch.packets
@@ -140,8 +147,6 @@ class _SegmentBuffer:
 def ingest_calico(paths: Iterable[str | os.PathLike[str]], store: Store,
                   host: str | None = None, progress: Progress = _noop,
                   wait: float | None = None, batch_lines: int = 200_000) -> IngestSummary:
-    from ingest.calico_log import read_calico_log  # noqa: PLC0415 - lands with its reader
-
     summary, started = IngestSummary("calico"), time.monotonic()
     with store.writer(wait) as w:
         for path in map(Path, paths):
@@ -175,8 +180,6 @@ def ingest_conntrack(paths: Iterable[str | os.PathLike[str]], store: Store,
                      wait: float | None = None) -> IngestSummary:
     """Snapshots are taken at ``times`` (default: each file's modification time) and
     ingested in time order."""
-    from ingest.conntrack import parse_conntrack, segments  # noqa: PLC0415 - lands with its reader
-
     summary, started = IngestSummary("conntrack"), time.monotonic()
     files = [Path(p) for p in paths]
     stamps = list(times) if times else [
@@ -210,9 +213,7 @@ def ingest_conntrack(paths: Iterable[str | os.PathLike[str]], store: Store,
     return summary
 
 
-def _previous_snapshot(store: Store, host: str) -> object | None:
-    from ingest.conntrack import Snapshot  # noqa: PLC0415 - lands with its reader
-
+def _previous_snapshot(store: Store, host: str) -> Snapshot | None:
     path = store.state / f"conntrack-{host}.parquet"
     if not path.exists():
         return None
@@ -223,10 +224,10 @@ def _previous_snapshot(store: Store, host: str) -> object | None:
                     source=meta.get(b"tierflow.source", b"").decode())
 
 
-def _keep_snapshot(w: Writer, host: str, snap: object) -> None:
-    entries: pa.Table = snap.entries  # type: ignore[attr-defined]
-    meta = {b"tierflow.snapshot_time": snap.time.isoformat().encode(),  # type: ignore[attr-defined]
-            b"tierflow.source": str(snap.source).encode()}  # type: ignore[attr-defined]
+def _keep_snapshot(w: Writer, host: str, snap: Snapshot) -> None:
+    entries = snap.entries
+    meta = {b"tierflow.snapshot_time": snap.time.isoformat().encode(),
+            b"tierflow.source": snap.source.encode()}
     w.stage_file(f"_state/conntrack-{host}.parquet",
                  lambda path: pq.write_table(entries.replace_schema_metadata(meta), path))
 

@@ -190,7 +190,7 @@ class Writer:
             name = f"part-{_safe(host)}-{uuid.uuid4().hex}.parquet"
             self.stage_part(f"date={hour:%Y-%m-%d}/hour={hour:%H}/{name}", part)
         self.rows += table.num_rows
-        return table.num_rows
+        return int(table.num_rows)
 
     def stage_part(self, relative: str, part: pa.Table) -> None:
         """Stage one flows file (``date=.../hour=.../part-*.parquet``) and its hourly hit

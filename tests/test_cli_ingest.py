@@ -251,3 +251,17 @@ def test_real_process_prints_one_json_line_when_not_a_terminal(tmp_path: Path) -
                        capture_output=True, text=True, check=True)
     assert p.stderr == ""
     assert json.loads(p.stdout)["written"] > 0
+
+
+def test_a_capture_that_grew_is_not_ingested_twice(tmp_path: Path) -> None:
+    cap, store = tmp_path / "grow.pcap", tmp_path / "store"
+    data = (CAPTURE / "lab.pcap").read_bytes()
+    cap.write_bytes(data[:6000])  # tcpdump mid-write: a prefix of the file
+    first = summary(run("ingest", "pcap", cap, "--store", store))
+    cap.write_bytes(data)
+    again = summary(run("ingest", "pcap", cap, "--store", store))
+    assert (again["files"], again["skipped_files"], again["written"]) == (0, 1, 0)
+    assert again["messages"] == [
+        f"{cap}: already ingested at 6000 bytes, now {len(data)}; captures are ingested whole "
+        "once (rotate with tcpdump -G/-C and ingest the closed files)"]
+    assert sql(store, "SELECT count(*) AS n FROM flows") == [{"n": first["written"]}]
