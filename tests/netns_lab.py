@@ -26,7 +26,8 @@ Use the session fixture ``netns_lab`` (import it into the test module)::
             netns_lab.exec("pod1", *netns_lab.curl("http://10.244.1.12:8080/"))
         assert cap.captured > 0
 
-It skips only when the process is not root, and fails loudly when the lab cannot be built.
+Without root it fails (skips only with TIERFLOW_SKIP_NETNS=1), and fails loudly when the lab
+cannot be built.
 """
 
 from __future__ import annotations
@@ -323,7 +324,8 @@ _LAB_KEY = pytest.StashKey[Lab]()
 def lab_fixture(scope: Literal["session", "package", "module"] = "session") -> Any:
     """A pytest fixture that yields a running ``Lab``.
 
-    Skips when not root; a lab that cannot be built fails the tests that use it. When test
+    Fails when not root (unless TIERFLOW_SKIP_NETNS=1); a lab that cannot be built fails
+    the tests that use it. When test
     modules each import the fixture, pytest sees one fixture per module; the first builds
     the lab and keeps it in ``config.stash``, the others reuse it, so a session builds one.
     """
@@ -331,7 +333,12 @@ def lab_fixture(scope: Literal["session", "package", "module"] = "session") -> A
     @pytest.fixture(scope=scope)
     def netns_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         if os.geteuid() != 0:
-            pytest.skip("needs root (network namespaces, veth, AF_PACKET)")
+            # Tests run as root here and in CI; elsewhere opt out explicitly, so a missing
+            # privilege never passes silently as a skip.
+            if os.environ.get("TIERFLOW_SKIP_NETNS") != "1":
+                pytest.fail("needs root (network namespaces, veth, AF_PACKET); set "
+                            "TIERFLOW_SKIP_NETNS=1 to skip the real-traffic tests")
+            pytest.skip("TIERFLOW_SKIP_NETNS=1: real-traffic tests skipped")
         shared = request.config.stash.get(_LAB_KEY, None)
         if shared is not None:
             yield shared
