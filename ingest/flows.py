@@ -89,6 +89,7 @@ class FlowBuilder:
         self.aggregation = aggregation
         self.host = host
         self.collector = collector
+        self.traces: list[list[str]] = []  # distinct traces of the last build (ids index it)
 
     def build(self, segments: pa.Table, dns: pa.Table | None = None) -> pa.Table:
         if segments.num_rows == 0:
@@ -291,7 +292,7 @@ class FlowBuilder:
         """Per evaluated key, the id of its enforced and of its pending trace among the
         distinct traces (``self.traces``): records group by the trace, not by the key."""
         ids: dict[tuple[str, ...], int] = {}
-        self.traces: list[list[str]] = []
+        self.traces = []
 
         def intern(trace: list[str]) -> int:
             key = tuple(trace)
