@@ -21,7 +21,8 @@ from ingest.schema import FLOWS
 
 ALL_TIME = Window()
 
-__all__ = ["ALL_TIME", "board", "external", "flows", "talkers", "timeseries", "unprotected"]
+__all__ = ["ALL_TIME", "board", "board_of", "external", "flows", "talkers", "timeseries",
+           "unprotected"]
 
 
 def _run(con: duckdb.DuckDBPyConnection, name: str, window: Window,
@@ -43,6 +44,16 @@ def board(con: duckdb.DuckDBPyConnection, window: Window = ALL_TIME) -> pa.Table
     edges = [f["path"] for f in files if f["hour"] not in rolled and f["hour"] < params["until"]]
     parquet_view(con, "board_flows", edges, FLOWS)
     parquet_view(con, "board_rollups", [f["rollup"] for f in files if f["hour"] in rolled], HITS)
+    return _run(con, "board", window)
+
+
+def board_of(con: duckdb.DuckDBPyConnection, records: pa.Table,
+             window: Window = ALL_TIME) -> pa.Table:
+    """The policies board over ``records`` (reporter, enforced and pending traces, counters,
+    start and end time), e.g. records re-evaluated with staged policies
+    (:func:`analytics.preview.reevaluate`), instead of the store's."""
+    con.from_arrow(records).create_view("board_flows", replace=True)
+    parquet_view(con, "board_rollups", [], HITS)
     return _run(con, "board", window)
 
 

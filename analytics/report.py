@@ -46,7 +46,7 @@ from analytics.report_charts import (
 )
 from analytics.window import Window
 
-__all__ = ["CHART_IDS", "render_report"]
+__all__ = ["CHART_IDS", "Column", "column", "html_table", "render_report"]
 
 #: The ids of the chart elements, in drawing order (tests and the self-check read them).
 CHART_IDS = ("tf-sunburst", "tf-graph", "tf-timeseries")
@@ -61,15 +61,17 @@ Column = tuple[str, Callable[[Row], object]]
 def render_report(con: duckdb.DuckDBPyConnection, window: Window, *,
                   namespace: str | None = None, inputs: Mapping[str, str] = _NO_INPUTS,
                   title: str = "tierflow report",
-                  changed: Collection[FlowKey] = frozenset()) -> str:
+                  changed: Collection[FlowKey] = frozenset(), lead: str = "") -> str:
     """The report as one HTML document. ``inputs`` (store path, filters, generation time...)
     is shown as given, in order; ``changed`` names flows a policy preview changes
-    (:data:`analytics.report_charts.FlowKey`): they are drawn red and marked ⚠."""
+    (:data:`analytics.report_charts.FlowKey`): they are drawn red and marked ⚠. ``lead`` is
+    a section (HTML, already escaped) placed first, after the header."""
     data = _collect(con, window, namespace)
     figures = dict(zip(CHART_IDS, (sunburst_figure(data.flows, changed),
                                    graph_figure(data.flows, changed),
                                    timeseries_figure(data.timeseries)), strict=True))
-    body = "\n".join((_header(title, window, namespace, inputs, data), *_sections(data)))
+    body = "\n".join((_header(title, window, namespace, inputs, data),
+                      *((lead,) if lead else ()), *_sections(data)))
     return _document(title, body, figures)
 
 
@@ -141,6 +143,15 @@ def _col(heading: str, key: str) -> Column:
 
 def _pair(heading: str, first: str, second: str) -> Column:
     return (heading, lambda row: f"{row[first] or 0:,} / {row[second] or 0:,}")
+
+
+def html_table(rows: Sequence[Row], columns: Sequence[Column]) -> str:
+    """An HTML table of ``rows``, one ``(heading, getter)`` column each, values escaped."""
+    return _table(rows, columns)
+
+
+def column(heading: str, key: str) -> Column:
+    return _col(heading, key)
 
 
 def _table(rows: Sequence[Row], columns: Sequence[Column]) -> str:

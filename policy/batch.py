@@ -169,8 +169,9 @@ class BatchEvaluator:
         distinct = [self._peer(row, side, frozenset(), frozenset()) for row in values]
         return [distinct[i] for i in inverse]
 
-    def _side(self, row: Mapping[str, object], side: str) -> Peer:
-        """The port-less peer of one distinct endpoint side."""
+    def peer(self, row: Mapping[str, object], side: str) -> Peer:
+        """The port-less peer of one endpoint side (``source``/``dest``) of a flow-log row:
+        its workload endpoint as the policies see it, or its network set, or just an IP."""
         return self._peer(row, side, frozenset(), frozenset())
 
     def _flow(self, row: Mapping[str, object], src: Peer, dst: Peer) -> Flow:
@@ -195,7 +196,7 @@ class BatchEvaluator:
 
     def flow(self, row: Mapping[str, object]) -> Flow:
         """A flow-log row (dict of the flow-log columns) as an evaluator Flow."""
-        return self._flow(row, self._side(row, "source"), self._side(row, "dest"))
+        return self._flow(row, self.peer(row, "source"), self.peer(row, "dest"))
 
     def _peer(self, row: Mapping[str, object], side: str, domains: frozenset[str],
               services: frozenset[tuple[str, str]]) -> Peer:

@@ -13,6 +13,7 @@ from analytics import queries
 from analytics.catalog import write_catalog
 from analytics.coverage import store_endpoints, with_policies
 from analytics.db import connect, query
+from analytics.preview import evaluation_input, reevaluate
 from analytics.report import render_report
 from analytics.window import Window
 from tierflow.cli import cli, domain_errors
@@ -42,19 +43,30 @@ _OUTPUT = click.option("--output", type=click.Choice(OUTPUTS), default="table",
               help="Namespace labels for counting the endpoints policies apply to.")
 @click.option("--unused", is_flag=True, help="Only rules with no hit in the window "
               "(needs --policies).")
+@click.option("--staged", is_flag=True, help="Re-evaluate the window's records with the "
+              "staged policies of --policies as enforced, so staged policies newer than the "
+              "records show what they would have allowed, denied and passed.")
 @_OUTPUT
 @domain_errors
 def stats(store: str, since: str | None, until: str | None, tier: str | None,
           policy: str | None, policies: tuple[str, ...], inventories: tuple[str, ...],
-          unused: bool, output: str) -> None:
+          unused: bool, staged: bool, output: str) -> None:
     """The policies board: per tier, policy and rule, packets, bytes and connections
     allowed / denied / passed, in / out, first and last hit; staged beside enforced."""
     if unused and not policies:
         raise click.UsageError("--unused needs --policies (the store only knows what was hit)")
-    con = connect(store)
-    board = queries.board(con, Window.parse(since, until))
+    if staged and not policies:
+        raise click.UsageError("--staged needs --policies (the staged policies to evaluate)")
+    con, window = connect(store), Window.parse(since, until)
+    inventory = load_inventory(inventories) if inventories else None
+    if staged:
+        policy_set = load_policies(policies)
+        records = reevaluate(evaluation_input(con, window), policy_set, inventory)
+        board = queries.board_of(con, records, window)
+    else:
+        board = queries.board(con, window)
     if policies:
-        namespaces = load_inventory(inventories).namespaces if inventories else {}
+        namespaces = inventory.namespaces if inventory else {}
         endpoints = store_endpoints(query(con, "SELECT * FROM endpoints").to_pylist(),
                                     namespaces)
         board = with_policies(board, load_policies(policies), endpoints)

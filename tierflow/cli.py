@@ -108,4 +108,10 @@ def main() -> None:
 
 # The store's and the analytics' commands live in their own modules; importing them
 # registers them on `cli`.
-from tierflow import analytics_cli, recommend_cli, store_cli  # noqa: E402, F401
+from tierflow import (  # noqa: E402, F401
+    analytics_cli,
+    preview_cli,
+    recommend_cli,
+    stage_cli,
+    store_cli,
+)
