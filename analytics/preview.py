@@ -134,7 +134,8 @@ def preview(con: duckdb.DuckDBPyConnection, window: Window, current: PolicySet,
     rows = table.take(pa.array(idx))
     out = _outcomes(rows, state.before[idx], [state.before_trace[i] for i in idx.tolist()],
                     state.after_action()[idx], [state.after_of(i) for i in idx.tolist()],
-                    [state.note[i] for i in idx.tolist()], synthesised=False)
+                    [state.note[i] for i in idx.tolist()],
+                    [state.same(i) for i in idx.tolist()], synthesised=False)
     synthesised = _synthesise(table, idx, state, after_batch)
     if synthesised is not None:
         out = pa.concat_tables([out, synthesised])
@@ -148,8 +149,10 @@ class _State:
     def __init__(self, n: int) -> None:
         self.before = np.full(n, "", dtype=object)
         self.before_trace: list[tuple[str, ...]] = [()] * n
+        self.before_outcome: list[object] = [None] * n
         self.after = np.full(n, None, dtype=object)  # None: same as before
         self.after_trace: dict[int, tuple[str, ...]] = {}
+        self.after_outcome: dict[int, object] = {}  # None: rewritten (denied at the source)
         self.note = [""] * n
 
     def evaluate(self, batch: BatchEvaluator, table: pa.Table, idx: np.ndarray, *,
@@ -159,11 +162,12 @@ class _State:
         v = _verdicts(batch, table.take(pa.array(idx)))
         if before:
             self.before[idx] = v.action
-            for i, t in zip(idx.tolist(), v.trace, strict=True):
-                self.before_trace[i] = t
+            for i, t, o in zip(idx.tolist(), v.trace, v.outcome, strict=True):
+                self.before_trace[i], self.before_outcome[i] = t, o
         else:
             self.after[idx] = v.action
             self.after_trace.update(zip(idx.tolist(), v.trace, strict=True))
+            self.after_outcome.update(zip(idx.tolist(), v.outcome, strict=True))
 
     def after_action(self) -> np.ndarray:
         return np.where(self.after == None, self.before, self.after)  # noqa: E711
@@ -171,21 +175,30 @@ class _State:
     def after_of(self, i: int) -> tuple[str, ...]:
         return self.after_trace.get(i, self.before_trace[i])
 
+    def same(self, i: int) -> bool:
+        """Whether key ``i`` is decided exactly alike before and after (not evaluated after:
+        no changed policy selects it, so it is)."""
+        return i not in self.after_outcome or \
+            self.after_outcome[i] == self.before_outcome[i]
+
 
 @dataclass(frozen=True)
 class _Verdicts:
     action: np.ndarray  # object array of allow | deny | uncertain
     trace: list[tuple[str, ...]]
+    outcome: list[object]  # the whole decision (DirectionVerdict.outcome)
 
 
 def _verdicts(batch: BatchEvaluator, table: pa.Table) -> _Verdicts:
     if table.num_rows == 0:
-        return _Verdicts(np.array([], dtype=object), [])
+        return _Verdicts(np.array([], dtype=object), [], [])
     result = batch.evaluate(table)
     names = np.array(result.action.dictionary.to_pylist(), dtype=object)
     codes = result.action.indices.to_numpy(zero_copy_only=False)
     traces = [tuple(t) for t in result.enforced]
-    return _Verdicts(names[codes], [traces[i] for i in result.trace_id.tolist()])
+    ids = result.trace_id.tolist()
+    return _Verdicts(names[codes], [traces[i] for i in ids],
+                     [result.enforced_outcomes[i] for i in ids])
 
 
 def _impacted(table: pa.Table, batch: BatchEvaluator, changed: Changed) -> np.ndarray:
@@ -236,6 +249,7 @@ def _dropped_at_source(table: pa.Table, state: _State) -> np.ndarray:
             if state.before[i]:  # evaluated: mark it
                 state.after[i] = "deny"
                 state.after_trace[i] = state.after_of(j)
+                state.after_outcome[i] = None
                 state.note[i] = ("denied at the source: its egress now denies, so there "
                                  "would be no destination record")
     return found
@@ -268,22 +282,24 @@ def _synthesise(table: pa.Table, idx: np.ndarray, state: _State,
             "destination's ingress"] * sub.num_rows
     return _outcomes(sub, np.array(["deny"] * sub.num_rows, dtype=object),
                      [state.before_trace[i] for i in chosen.tolist()], verdicts.action,
-                     verdicts.trace, note, synthesised=True)
+                     verdicts.trace, note, [False] * sub.num_rows, synthesised=True)
 
 
-def _change(before: str, after: str, same_trace: bool) -> str:
-    if same_trace or (before == after and "uncertain" not in (before, after)):
+def _change(before: str, after: str, same: bool) -> str:
+    """A key decided exactly alike is unchanged; else uncertain when either side is (the
+    records cannot say which way the walk goes), else the verdicts compared."""
+    if same:
         return "unchanged"
     if "uncertain" in (before, after):
         return "uncertain"
-    return f"{before}-to-{after}"
+    return "unchanged" if before == after else f"{before}-to-{after}"
 
 
 def _outcomes(rows: pa.Table, before: np.ndarray, before_trace: Sequence[tuple[str, ...]],
               after: np.ndarray, after_trace: Sequence[tuple[str, ...]], note: Sequence[str],
-              *, synthesised: bool) -> pa.Table:
-    change = [_change(b, a, bt == at) for b, a, bt, at in
-              zip(before.tolist(), after.tolist(), before_trace, after_trace, strict=True)]
+              same: Sequence[bool], *, synthesised: bool) -> pa.Table:
+    change = [_change(b, a, s) for b, a, s in
+              zip(before.tolist(), after.tolist(), same, strict=True)]
     strings = pa.list_(pa.string())
     cols: dict[str, Any] = {c: rows[c] for c in (*_VISIBLE, "recorded_action", *_SUMS,
                                                   "first_seen", "last_seen")}

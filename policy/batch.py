@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -51,6 +51,9 @@ class BatchResult:
     enforced: list[list[str]]
     pending: list[list[str]]
     keys: int  # distinct keys evaluated
+    # Per distinct key, the whole enforced decision (every branch when uncertain), to tell
+    # whether two policy sets decide a key alike (DirectionVerdict.outcome).
+    enforced_outcomes: list[object] = field(default_factory=list)
 
     def enforced_policies(self) -> pa.ListArray:
         return pa.array(self.enforced, type=pa.list_(pa.string())).take(pa.array(self.trace_id))
@@ -85,7 +88,7 @@ class BatchEvaluator:
         rows = table.select(list(_FLOW_COLUMNS)).take(pa.array(reps)).to_pylist()
         act = np.empty(len(reps), dtype=np.int8)
         pact = np.empty(len(reps), dtype=np.int8)
-        enforced, pending = [], []
+        enforced, pending, outcomes = [], [], []
         rendered: dict[tuple[object, ...], list[str]] = {}
         same_views = self.evaluator.views_identical
         for k, row in enumerate(rows):
@@ -96,12 +99,14 @@ class BatchEvaluator:
             act[k] = _ACTIONS.index(e.action or "uncertain")
             pact[k] = _ACTIONS.index(p.action or "uncertain")
             enforced.append(rendered.get(e.hits) or rendered.setdefault(e.hits, e.rendered()))
+            outcomes.append(e.outcome)
             pending.append(rendered.get(p.hits) or rendered.setdefault(p.hits, p.rendered()))
         dictionary = pa.array(_ACTIONS)
         return BatchResult(
             action=pa.DictionaryArray.from_arrays(pa.array(act[gid]), dictionary),
             pending_action=pa.DictionaryArray.from_arrays(pa.array(pact[gid]), dictionary),
             trace_id=gid, enforced=enforced, pending=pending, keys=len(reps),
+            enforced_outcomes=outcomes,
         )
 
     def _encode(self, table: pa.Table, column: str) -> keys.Encoded:

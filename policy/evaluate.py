@@ -72,6 +72,14 @@ class DirectionVerdict:
     action: str | None  # "allow" | "deny" | None when uncertain
     hits: tuple[Hit, ...] = ()
     policed: bool = True
+    # When uncertain, every way the walk could go: (action, hits) per branch, ``hits`` being
+    # the first. Two uncertain verdicts are the same decision only if these are equal.
+    branches: tuple[tuple[str, tuple[Hit, ...]], ...] = ()
+
+    @property
+    def outcome(self) -> tuple[tuple[str | None, tuple[Hit, ...]], ...]:
+        """Everything the decision says, comparable across policy sets."""
+        return self.branches or ((self.action, self.hits),)
 
     def rendered(self) -> list[str]:
         return [h.render(i) for i, h in enumerate(self.hits)]
@@ -167,7 +175,9 @@ class Evaluator:
         tiers = self.applicable(local.endpoint.selector_labels, direction, pending=pending)
         outcomes = self._walk(tiers, direction, flow, local.endpoint.namespace)
         actions = {a for a, _ in outcomes}
-        return DirectionVerdict(actions.pop() if len(actions) == 1 else None, outcomes[0][1])
+        if len(actions) == 1:
+            return DirectionVerdict(actions.pop(), outcomes[0][1])
+        return DirectionVerdict(None, outcomes[0][1], branches=tuple(outcomes))
 
     def applicable(self, labels: LabelSet, direction: Direction, *, pending: bool) -> _View:
         """Tiers that have a policy selecting these endpoint labels for this direction."""

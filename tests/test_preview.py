@@ -85,8 +85,9 @@ def storefront(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def without_logging_rule(tmp_path: Path) -> Path:
-    """The backend's staged policy (default.restricted) without its egress rule to logging."""
+def without_logging_rule() -> Path:
+    """The bundled change: the backend's staged policy (default.restricted) without its egress
+    rule to logging — checked to be exactly that."""
     docs = list(yaml.safe_load_all((STOREFRONT / "policies" / "50-staged.yaml").read_text()))
     restricted = docs[0]
     egress = restricted["spec"]["egress"]
@@ -94,8 +95,8 @@ def without_logging_rule(tmp_path: Path) -> Path:
                                     if r.get("destination", {}).get("selector")
                                     != "app == 'logging'"]
     assert len(restricted["spec"]["egress"]) == len(egress) - 1
-    path = tmp_path / "restricted.yaml"
-    path.write_text(yaml.safe_dump(restricted, sort_keys=False))
+    path = STOREFRONT / "changes" / "restricted-without-logging.yaml"
+    assert yaml.safe_load(path.read_text()) == restricted
     return path
 
 
@@ -316,3 +317,33 @@ spec:
             deletes=("StagedNetworkPolicy/shop/default.api-ingress",))
     [row] = p.flows.to_pylist()
     assert (row["before"], row["after"], row["change"]) == ("allow", "allow", "unchanged")
+
+
+def test_a_change_behind_an_uncertain_rule_is_uncertain(tmp_path: Path) -> None:
+    """The record has no IP, so an earlier nets rule may or may not deny it: the verdict
+    before is uncertain (deny, or whatever comes next). Changing what comes next changes one
+    branch: the first branch's trace is the same, the decision is not."""
+    guard = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: default.known-bad}
+spec:
+  order: 1
+  selector: all()
+  types: [Egress]
+  egress: [{action: Deny, destination: {nets: [198.51.100.0/24]}}]
+"""
+    policies = guard + "---" + BASE
+    tighter = BASE.replace("ports: [443]", "ports: [8443]")
+    p = run([flow(WEB, PUB, 443)], tmp_path, policies, tighter)
+    [row] = p.flows.to_pylist()
+    assert (row["before"], row["after"], row["change"]) == ("uncertain", "deny", "uncertain")
+    assert row["before_policy"] == row["after_policy"]  # the deny branch, both times
+    # Deleted and created again: evaluated both times, decided exactly alike: unchanged.
+    store = write_store(tmp_path / "again", [flow(WEB, PUB, 443)])
+    current = PolicySet.from_documents(load_text(policies))
+    changes = [Change.delete("NetworkPolicy/shop/default.web-egress"),
+               *(Change.put(d) for d in load_text(BASE))]
+    again = preview(connect(store), WINDOW, current, apply_changes(current, changes))
+    assert (again.impacted, [r["change"] for r in again.flows.to_pylist()]) == (
+        1, ["unchanged"])
