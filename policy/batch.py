@@ -13,7 +13,7 @@ rows are decided by egress at the source, ``dst`` rows by ingress at the destina
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -53,7 +53,7 @@ class BatchResult:
     keys: int  # distinct keys evaluated
     # Per distinct key, the whole enforced decision (every branch when uncertain), to tell
     # whether two policy sets decide a key alike (DirectionVerdict.outcome).
-    enforced_outcomes: list[object] = field(default_factory=list)
+    enforced_outcomes: Sequence[object] = field(default_factory=list)
 
     def enforced_policies(self) -> pa.ListArray:
         return pa.array(self.enforced, type=pa.list_(pa.string())).take(pa.array(self.trace_id))
