@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from test_recommend_scenarios import PUB, PVT, WINDOW, both, flow, side, wep, write_store
+from test_report import browser_check, needs_chromium
 
 from analytics.db import connect
 from analytics.preview import Preview, preview
@@ -154,6 +155,17 @@ def test_report_marks_changed_flows_red(storefront: Path, without_logging_rule: 
     changed = [x for x in labels if x.startswith("\u26a0")]
     assert changed and all("logging" in x or "pvt" in x for x in changed)
     assert "default-src 'none'" in text  # the report's offline guarantee holds here too
+
+
+@needs_chromium
+def test_preview_report_in_chromium(storefront: Path, without_logging_rule: Path,
+                                    tmp_path: Path) -> None:
+    out = tmp_path / "preview.html"
+    assert preview_cli(storefront, "--change", str(without_logging_rule), "--only-changed",
+                       "--report", str(out)).exit_code == 0
+    check, dom = browser_check(out, tmp_path)
+    assert check["charts"]["tf-sunburst"]["surfaces"] > 0
+    assert dom.count("allow-to-deny") >= 3  # the changed flows' table, as rendered
 
 
 def test_table_output_and_usage_errors(storefront: Path) -> None:
