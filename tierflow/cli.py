@@ -109,6 +109,7 @@ def main() -> None:
 # The store's and the analytics' commands live in their own modules; importing them
 # registers them on `cli`.
 from tierflow import (  # noqa: E402, F401
+    agent_cli,
     analytics_cli,
     preview_cli,
     recommend_cli,

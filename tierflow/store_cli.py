@@ -77,7 +77,7 @@ def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[s
         else:
             levels = Aggregation(aggregation if aggregation is not None else aggregation_allowed,
                                  aggregation if aggregation is not None else aggregation_denied)
-            builder = _builder(inventories, policies, levels, node, source)
+            builder = flow_builder(inventories, policies, levels, node, source)
             if source == "pcap":
                 summary = ingest_pcap(paths, st, builder, interval, progress, wait)
             else:
@@ -86,7 +86,7 @@ def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[s
     _report(summary, output if output != "auto" else ("text" if tty else "json"))
 
 
-def _builder(inventories: tuple[str, ...], policies: tuple[str, ...], levels: Aggregation,
+def flow_builder(inventories: tuple[str, ...], policies: tuple[str, ...], levels: Aggregation,
              host: str, collector: str) -> FlowBuilder:
     inv = load_inventory(inventories) if inventories else None
     policy_set = load_policies(policies) if policies else None

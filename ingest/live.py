@@ -1,0 +1,320 @@
+"""Live traffic sources for the agent: conntrack over ctnetlink, and sniffed frames.
+
+:class:`ConntrackSource` is the main path, the one that keeps up with a busy node. The kernel
+aggregates each connection; the source follows NEW and DESTROY events as they come and dumps
+the table at the end of every interval, so that
+
+* a connection that lived and died inside one interval is reported once, with the final
+  counters of its DESTROY event;
+* a long-lived connection is reported in every interval it was active, with the increase of
+  its counters since the previous interval (as Felix's collector counts);
+* ``started`` marks a connection's first interval (a NEW event, or a kernel start time inside
+  the interval), ``completed`` its last (DESTROY, or TCP TIME_WAIT/CLOSE, which Felix expires
+  early), as ``ingest.conntrack`` does for snapshots.
+
+Memory is bounded: at most ``max_connections`` are followed; past that the least recently
+active are dropped, counted in :attr:`ConntrackSource.evicted` (a dropped connection seen
+again is followed afresh, so its earlier counters count twice: the count says how often).
+
+:class:`FrameSniffer` reads frames from AF_PACKET sockets (scapy's ``L2ListenSocket``, with a
+BPF filter) on a thread; its frames go through the same columnar decoder as pcap files. It
+serves DNS answers (for ``dest_domains``) and :class:`PacketSource`, the path for nodes
+without conntrack. The kernel's drop counter of every socket is read (``PACKET_STATISTICS``)
+and reported.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ingest import ctnetlink
+from ingest.connections import ConnectionTracker, Timeouts
+from ingest.dns import Answers, DnsError, dns_table
+from ingest.frames import PAD, Frames
+from ingest.packets import decode
+from ingest.schema import DNS, SEGMENTS, Reject
+
+__all__ = ["ConntrackSource", "DnsCache", "FrameSniffer", "PacketSource"]
+
+_SOL_PACKET, _PACKET_STATISTICS = 263, 6
+_LINKTYPE_ETHERNET = 1
+
+
+@dataclass
+class _Conn:
+    conn_id: int
+    entry: ctnetlink.Entry
+    start_us: int
+    seen_new: bool  # a NEW event (the connection began while we watched)
+    base: tuple[int, int, int, int]  # counters already reported
+    reported: bool = False
+    done: bool = False
+
+
+def _counters(e: ctnetlink.Entry) -> tuple[int, int, int, int]:
+    return (e.packets_orig or 0, e.bytes_orig or 0, e.packets_reply or 0, e.bytes_reply or 0)
+
+
+class ConntrackSource:
+    """Per-interval connection segments from the conntrack table of ``netns``."""
+
+    def __init__(self, netns: str | None = None, max_connections: int = 1_000_000,
+                 dump: Any = ctnetlink.dump) -> None:
+        self.netns = netns
+        self.events = ctnetlink.Events(netns)
+        self.max_connections = max_connections
+        self._dump = dump
+        self.conns: OrderedDict[tuple[object, ...], _Conn] = OrderedDict()
+        self.closed: list[tuple[_Conn, ctnetlink.Entry]] = []
+        self.next_id = 1
+        self.evicted = 0
+        self.vanished = 0  # followed connections gone without a DESTROY event
+        self.events_seen = 0
+
+    @property
+    def lost(self) -> int:
+        """Times the kernel dropped events because we read too slowly (ENOBUFS)."""
+        return self.events.lost
+
+    def fileno(self) -> int:
+        return self.events.fileno()
+
+    def poll(self) -> int:
+        """Take in the events waiting now; returns how many."""
+        events = self.events.read()
+        for e in events:
+            if e.kind == "new":
+                self._follow(e, seen_new=True, now_us=time.time_ns() // 1000)
+            elif e.kind == "destroy":
+                conn = self.conns.pop(e.key, None) or self._new_conn(
+                    e, seen_new=True, now_us=time.time_ns() // 1000)
+                self.closed.append((conn, e))
+        self.events_seen += len(events)
+        return len(events)
+
+    def _new_conn(self, e: ctnetlink.Entry, seen_new: bool, now_us: int) -> _Conn:
+        start = e.start_ns // 1000 if e.start_ns else now_us
+        conn = _Conn(self.next_id, e, start, seen_new, (0, 0, 0, 0))
+        self.next_id += 1
+        return conn
+
+    def _follow(self, e: ctnetlink.Entry, seen_new: bool, now_us: int) -> _Conn:
+        conn = self.conns.get(e.key)
+        if conn is None:
+            conn = self.conns[e.key] = self._new_conn(e, seen_new, now_us)
+            while len(self.conns) > self.max_connections:
+                self.conns.popitem(last=False)
+                self.evicted += 1
+        else:
+            self.conns.move_to_end(e.key)
+            conn.entry = e
+        return conn
+
+    def collect(self, start_us: int, end_us: int) -> pa.Table:
+        """The SEGMENTS rows of the interval [start_us, end_us): a dump now, plus what
+        ended since the last call."""
+        self.poll()
+        rows: list[dict[str, Any]] = []
+        present = set()
+        for e in self._dump(self.netns):
+            present.add(e.key)
+            conn = self._follow(e, seen_new=False, now_us=end_us)
+            closing = e.tcp_state in ctnetlink.CLOSING_TCP_STATES
+            self._row(rows, conn, e, start_us, end_us, completed=closing)
+        for conn, e in self.closed:
+            self._row(rows, conn, e, start_us, end_us, completed=True)
+        self.closed = []
+        for key in [k for k in self.conns if k not in present]:
+            conn = self.conns.pop(key)  # gone, and its DESTROY event was lost
+            self.vanished += 1
+            self._row(rows, conn, conn.entry, start_us, end_us, completed=True,
+                      final=False)
+        return pa.Table.from_pylist(rows, schema=SEGMENTS)
+
+    def _row(self, rows: list[dict[str, Any]], conn: _Conn, e: ctnetlink.Entry,
+             start_us: int, end_us: int, *, completed: bool, final: bool = True) -> None:
+        now = _counters(e) if final else conn.base
+        delta = [max(0, a - b) for a, b in zip(now, conn.base, strict=True)]
+        started = not conn.reported and (conn.seen_new or start_us <= conn.start_us < end_us)
+        ending = completed and not conn.done
+        if not any(delta) and not started and not ending:
+            return
+        dnat = (e.orig_dst, e.orig_dport) != (e.reply_src, e.reply_sport)
+        rows.append({
+            "start_time": start_us // 1_000_000, "end_time": -(-end_us // 1_000_000),
+            "conn_id": conn.conn_id,
+            "conn_start": conn.start_us, "proto": e.proto, "src_ip": e.orig_src,
+            "dst_ip": e.reply_src, "src_port": e.orig_sport, "dst_port": e.reply_sport,
+            "orig_dst_ip": e.orig_dst if dnat else None,
+            "orig_dst_port": e.orig_dport if dnat else None,
+            "icmp_type": e.icmp_type, "icmp_code": e.icmp_code,
+            "packets_fwd": delta[0], "bytes_fwd": delta[1], "packets_rev": delta[2],
+            "bytes_rev": delta[3], "started": started, "completed": ending})
+        conn.base, conn.reported, conn.done = now, True, conn.done or completed
+
+    def close(self) -> None:
+        self.events.close()
+
+
+class FrameSniffer:
+    """Frames from AF_PACKET sockets on ``ifaces`` (in ``netns``), read on a thread."""
+
+    def __init__(self, ifaces: list[str], bpf: str | None, netns: str | None = None,
+                 max_frames: int = 2_000_000) -> None:
+        # scapy takes a second to import: only an agent that sniffs pays for it.
+        try:
+            from scapy.arch.linux import L2ListenSocket  # noqa: PLC0415
+        except ImportError as e:
+            raise ValueError("sniffing (--iface) needs scapy: pip install 'tierflow[capture]'"
+                             ) from e
+
+        self.sockets = []
+        with ctnetlink.in_netns(netns):
+            for iface in ifaces:
+                self.sockets.append(L2ListenSocket(iface=iface, filter=bpf, promisc=True))
+        self.max_frames = max_frames
+        self._lock = threading.Lock()
+        self._frames: list[tuple[int, bytes]] = []
+        self.overflow = 0  # frames dropped because the agent fell behind (max_frames)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tierflow-sniffer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raw = {s.ins.fileno(): s.ins for s in self.sockets}
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(raw), [], [], 0.2)
+            got = []
+            for fd in ready:
+                while True:
+                    try:
+                        data = raw[fd].recv(65535, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        if self._stop.is_set():
+                            return
+                        break
+                    got.append((time.time_ns() // 1000, data))
+            if got:
+                with self._lock:
+                    room = self.max_frames - len(self._frames)
+                    self._frames += got[:max(room, 0)]
+                    self.overflow += max(0, len(got) - max(room, 0))
+
+    def drain(self) -> Frames:
+        """The frames read since the last call, as one ``Frames`` batch."""
+        with self._lock:
+            got, self._frames = self._frames, []
+        n = len(got)
+        sizes = np.fromiter((len(d) for _, d in got), dtype=np.int64, count=n)
+        data = np.zeros(n, dtype=np.int64)
+        if n:
+            data[1:] = np.cumsum(sizes)[:-1]
+        buf = np.frombuffer(b"".join(d for _, d in got) + bytes(PAD), dtype=np.uint8)
+        return Frames(buf=buf, data=data, caplen=sizes,
+                      ts_us=np.fromiter((t for t, _ in got), dtype=np.int64, count=n),
+                      link=np.full(n, _LINKTYPE_ETHERNET, dtype=np.int32),
+                      number=np.arange(1, n + 1, dtype=np.int64), where=data.copy(),
+                      rejects=[], records=n)
+
+    def drops(self) -> int:
+        """Frames the kernel dropped since the last call (``PACKET_STATISTICS`` resets on
+        read), over every socket."""
+        total = 0
+        for s in self.sockets:
+            try:
+                raw = s.ins.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
+            except OSError:
+                continue
+            total += struct.unpack("=II", raw)[1]
+        return total
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for s in self.sockets:
+            s.close()
+
+
+class DnsCache:
+    """DNS answers still within their TTL, bounded to ``limit`` rows (oldest go first)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.table = DNS.empty_table()
+        self.answers = 0
+        self.parsed: dict[bytes, Answers | DnsError] = {}
+        self.rejects: list[Reject] = []
+
+    def add_frames(self, frames: Frames, name: str) -> None:
+        if not len(frames):
+            return
+        packets = decode(frames, name)
+        rows, rejects = dns_table(packets, name, None, self.parsed)
+        self.rejects += rejects
+        self.add(rows)
+        if len(self.parsed) > 100_000:
+            self.parsed.clear()
+
+    def add(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.answers += rows.num_rows
+            self.table = pa.concat_tables([self.table, rows.cast(DNS)])
+            if self.table.num_rows > self.limit:
+                self.table = self.table.slice(self.table.num_rows - self.limit)
+
+    def current(self, since_us: int) -> pa.Table:
+        """Answers whose TTL reaches ``since_us`` (older ones are dropped)."""
+        t = self.table
+        if not t.num_rows:
+            return t
+        ends = t["time"].cast(pa.int64()).to_numpy() + t["ttl"].to_numpy() * 1_000_000
+        self.table = t.filter(pa.array(ends >= since_us))
+        return self.table
+
+
+class PacketSource:
+    """Connection segments rebuilt from sniffed frames, for nodes without conntrack (the
+    pcap reader's columnar path, fed live)."""
+
+    def __init__(self, sniffer: FrameSniffer, interval: int, dns: DnsCache) -> None:
+        self.sniffer = sniffer
+        self.tracker = ConnectionTracker(interval, Timeouts())
+        self.dns = dns
+        self.pending: list[pa.Table] = []
+        self.rejects: list[Reject] = []
+        self.packets = 0
+
+    def poll(self) -> int:
+        frames = self.sniffer.drain()
+        if not len(frames):
+            return 0
+        packets = decode(frames, "live")
+        self.packets += len(frames)
+        self.rejects += packets.rejects
+        self.pending.append(self.tracker.feed(packets))
+        rows, rejects = dns_table(packets, "live", self.tracker.known, self.dns.parsed)
+        self.dns.add(rows)
+        self.rejects += rejects
+        return len(frames)
+
+    def collect(self, start_us: int, end_us: int, final: bool = False) -> pa.Table:
+        """Rows that became final so far (a connection's row is final once it moved on to a
+        later interval, ended or idled out); ``final`` takes every open one too."""
+        self.poll()
+        if final:
+            self.pending.append(self.tracker.finish())
+        out = pa.concat_tables([SEGMENTS.empty_table(), *self.pending])
+        self.pending = []
+        return out
