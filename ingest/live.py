@@ -48,6 +48,9 @@ __all__ = ["ConntrackSource", "DnsCache", "FrameSniffer", "PacketSource"]
 
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6
 _LINKTYPE_ETHERNET = 1
+_LINKTYPE_RAW = 101  # an IP packet, no link header (what a cooked packet socket reads)
+_DLT_RAW = 12  # libpcap's name for it when compiling a filter
+_ETH_P_ALL = 0x0003
 
 
 @dataclass
@@ -69,9 +72,9 @@ class ConntrackSource:
     """Per-interval connection segments from the conntrack table of ``netns``."""
 
     def __init__(self, netns: str | None = None, max_connections: int = 1_000_000,
-                 dump: Any = ctnetlink.dump) -> None:
+                 dump: Any = ctnetlink.dump, events: Any = None) -> None:
         self.netns = netns
-        self.events = ctnetlink.Events(netns)
+        self.events = events if events is not None else ctnetlink.Events(netns)
         self.max_connections = max_connections
         self._dump = dump
         self.conns: OrderedDict[tuple[object, ...], _Conn] = OrderedDict()
@@ -178,34 +181,40 @@ class FrameSniffer:
             raise ValueError("sniffing (--iface) needs scapy: pip install 'tierflow[capture]'"
                              ) from e
 
-        self.sockets = []
+        self.sockets: list[tuple[socket.socket, int, Any]] = []  # (raw socket, link, owner)
         with ctnetlink.in_netns(netns):
             for iface in ifaces:
-                self.sockets.append(L2ListenSocket(iface=iface, filter=bpf, promisc=True))
+                if iface == "any":
+                    raw = _any_interface(bpf)
+                    self.sockets.append((raw, _LINKTYPE_RAW, raw))
+                else:
+                    owner = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
+                    self.sockets.append((owner.ins, _LINKTYPE_ETHERNET, owner))
         self.max_frames = max_frames
         self._lock = threading.Lock()
-        self._frames: list[tuple[int, bytes]] = []
+        self._frames: list[tuple[int, int, bytes]] = []
         self.overflow = 0  # frames dropped because the agent fell behind (max_frames)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tierflow-sniffer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        raw = {s.ins.fileno(): s.ins for s in self.sockets}
+        raw = {s.fileno(): (s, link) for s, link, _ in self.sockets}
         while not self._stop.is_set():
             ready, _, _ = select.select(list(raw), [], [], 0.2)
             got = []
             for fd in ready:
+                sock, link = raw[fd]
                 while True:
                     try:
-                        data = raw[fd].recv(65535, socket.MSG_DONTWAIT)
+                        data = sock.recv(65535, socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError:
                         if self._stop.is_set():
                             return
                         break
-                    got.append((time.time_ns() // 1000, data))
+                    got.append((time.time_ns() // 1000, link, data))
             if got:
                 with self._lock:
                     room = self.max_frames - len(self._frames)
@@ -217,14 +226,14 @@ class FrameSniffer:
         with self._lock:
             got, self._frames = self._frames, []
         n = len(got)
-        sizes = np.fromiter((len(d) for _, d in got), dtype=np.int64, count=n)
+        sizes = np.fromiter((len(d) for _, _, d in got), dtype=np.int64, count=n)
         data = np.zeros(n, dtype=np.int64)
         if n:
             data[1:] = np.cumsum(sizes)[:-1]
-        buf = np.frombuffer(b"".join(d for _, d in got) + bytes(PAD), dtype=np.uint8)
+        buf = np.frombuffer(b"".join(d for _, _, d in got) + bytes(PAD), dtype=np.uint8)
         return Frames(buf=buf, data=data, caplen=sizes,
-                      ts_us=np.fromiter((t for t, _ in got), dtype=np.int64, count=n),
-                      link=np.full(n, _LINKTYPE_ETHERNET, dtype=np.int32),
+                      ts_us=np.fromiter((t for t, _, _ in got), dtype=np.int64, count=n),
+                      link=np.fromiter((k for _, k, _ in got), dtype=np.int32, count=n),
                       number=np.arange(1, n + 1, dtype=np.int64), where=data.copy(),
                       rejects=[], records=n)
 
@@ -232,9 +241,9 @@ class FrameSniffer:
         """Frames the kernel dropped since the last call (``PACKET_STATISTICS`` resets on
         read), over every socket."""
         total = 0
-        for s in self.sockets:
+        for sock, _, _ in self.sockets:
             try:
-                raw = s.ins.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
+                raw = sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
             except OSError:
                 continue
             total += struct.unpack("=II", raw)[1]
@@ -243,8 +252,25 @@ class FrameSniffer:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        for s in self.sockets:
-            s.close()
+        for _, _, owner in self.sockets:
+            owner.close()
+
+
+def _any_interface(bpf: str | None) -> socket.socket:
+    """A packet socket on every interface, reading IP packets without link headers (so
+    Ethernet, tunnels and WireGuard alike), filtered in the kernel by ``bpf``."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    if bpf:
+        from scapy.arch.common import compile_filter, free_filter  # noqa: PLC0415
+        from scapy.arch.linux import SO_ATTACH_FILTER  # noqa: PLC0415
+        from scapy.libs.structures import sock_fprog  # noqa: PLC0415
+
+        program = compile_filter(bpf, linktype=_DLT_RAW)
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        sock_fprog(program.bf_len, program.bf_insns))  # type: ignore[arg-type]
+        free_filter(program)
+    return sock
 
 
 class DnsCache:

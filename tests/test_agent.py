@@ -35,8 +35,9 @@ pytestmark = pytest.mark.netns
 
 def start_agent(lab: Lab, store: Path, *extra: str,
                 log: str = "agent.log") -> subprocess.Popen[str]:
+    # "any", as the DaemonSet runs it: DNS answers from every interface of the node.
     proc = lab.spawn("node", *TIERFLOW, "agent", "--store", str(store), "--inventory",
-                     str(INVENTORY), "--policies", str(POLICIES), "--iface", "br0",
+                     str(INVENTORY), "--policies", str(POLICIES), "--iface", "any",
                      "--interval", "2", "--host", "lab-node", *extra, log=log)
     wait_for(lab.workdir / log, "watching conntrack", proc)
     return proc
@@ -175,3 +176,31 @@ spec:
                              ORDER BY start_time""")
     assert [r["action"] for r in rows] == ["deny", "allow"]
     assert sum(r["num_flows"] for r in rows) == 2
+
+
+def test_the_packet_path_for_nodes_without_conntrack(netns_lab: Lab,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    lab = netns_lab
+    store = tmp_path / "store"
+    proc = lab.spawn("node", *TIERFLOW, "agent", "--store", str(store), "--inventory",
+                     str(INVENTORY), "--policies", str(POLICIES), "--source", "packets",
+                     "--iface", "br0", "--interval", "2", "--host", "lab-node",
+                     log="packets.log")
+    log = lab.workdir / "packets.log"
+    wait_for(log, "watching packets", proc)
+    for _ in range(2):
+        assert lab.http_get("pod1", HTTP_POD2) == "200"
+    assert lab.resolve("pod1", "api.twilio.com") == [EXT_IPS[0]]
+    assert lab.http_get("pod1", "http://api.twilio.com/") == "200"
+    time.sleep(0.5)
+    text = stop(proc, log)
+    assert "frames dropped 0" in text
+    rows = records(store, """
+        SELECT reporter, dest_name_aggr AS dst, dest_port AS port, sum(num_flows) AS conns,
+               list_distinct(flatten(list(coalesce(dest_domains, [])))) AS domains,
+               any_value(collector) AS collector
+        FROM flows WHERE source_name_aggr LIKE 'frontend-%' GROUP BY ALL""")
+    by = {(r["reporter"], r["dst"], r["port"]): r for r in rows}
+    assert by[("src", "microservice1-7b9d6c8f5d-*", 8080)]["conns"] == 2
+    assert by[("dst", "microservice1-7b9d6c8f5d-*", 8080)]["conns"] == 2
+    assert by[("src", "pub", 80)]["domains"] == ["api.twilio.com"]
