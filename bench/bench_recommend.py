@@ -8,7 +8,7 @@ The store is generated (vectorised, numpy + pyarrow) and written through
 files are what ingest writes. Every record is *unprotected*: allowed, its enforced (and
 pending) trace ending in the profile of the reporting endpoint's namespace
 (``0|__PROFILE__|__PROFILE__.kns.<ns>|allow|0``), so every record is one recommendation
-learns from and the replay proof re-evaluates. Records are level-2 aggregated (IPs null,
+learns from and the replay proof counts. Records are level-2 aggregated (IPs null,
 names ``-``, ``name_aggr`` ``app-042-5f8d7c6b9f-*``, label maps with ``app`` and
 ``pod-template-hash``), between 1,000 workloads in 50 namespaces (20 each), each talking to
 ~8 peer workloads (mostly its own namespace) on one or two of a few ports, src- and
@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -246,23 +247,38 @@ def timed(stages: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> 
     return out
 
 
+def sql_timed(q: observe.Query, stages: list[tuple[str, float]]) -> observe.Query:
+    """``q``, timing each statement under the name of its file in ``recommend/sql/``."""
+    folder = resources.files("recommend").joinpath("sql")
+    names = {f.read_text(): f.name for f in folder.iterdir() if f.name.endswith(".sql")}
+
+    def run(sql: str, parameters: dict[str, object] | None) -> pa.Table:
+        return timed(stages, names.get(sql, "(other SQL)"), lambda: q(sql, parameters))
+    return run
+
+
 def staged(root: Path, existing: PolicySet, inv: Inventory) -> list[tuple[str, float]]:
-    """The steps of ``engine.recommend`` (all namespaces, defaults), each timed."""
+    """The steps of ``engine.recommend`` (all namespaces, defaults), each timed; the SQL of
+    ``observe.traffic`` statement by statement, the rest of it as "observations"."""
     request = engine.Request(None)
     tier, window, s = request.check(), request.window, []
     q = timed(s, "connect", lambda: partial(query, connect(root, threads=THREADS)))
-    obs = timed(s, "observed.sql (aggregate)", lambda: [
-        o for o in observe.observations(q, window) if not engine._system(o.namespace)])
+    sql: list[tuple[str, float]] = []
+    start = time.perf_counter()
+    observed, records = observe.traffic(sql_timed(q, sql), window)
+    s += [*sql, ("observations (Arrow → values)",
+                 time.perf_counter() - start - sum(t for _, t in sql))]
+    obs = [o for o in observed if not engine._system(o.namespace)]
     cluster = timed(s, "cluster", lambda: Cluster.of(inv, obs))
     policies, warnings = timed(s, "plan", lambda: plan(obs, cluster, request.scope,
                                                       RuleOptions(False)))
     outputs = timed(s, "render + CRD schema", lambda: engine.render(
         policies, tier, request.format, existing, inv, list(warnings)))
     docs = timed(s, "round trip (YAML + loader)", lambda: engine.round_trip(outputs))
-    records = timed(s, "records.sql (replay input)",
-                    lambda: engine._without_system(observe.records(q, window)))
     pset = timed(s, "policy set", lambda: enforced_set(existing, docs))
-    proof = timed(s, "replay (batch evaluator)", lambda: replay(records, pset, inv))
+    records = engine._without_system(records)
+    proof = timed(s, f"replay ({records.num_rows:,} distinct records)",
+                  lambda: replay(records, pset, inv))
     timed(s, "beyond (notes)", lambda: [tuple(beyond(p, cluster, existing.network_sets))
                                         for p in policies])
     if not proof.passed:
@@ -328,7 +344,7 @@ def main() -> None:
     if stages:
         total = sum(t for _, t in stages)
         lines += ["", f"the same steps one by one (second run, {total:.2f} s):"]
-        lines += [f"  {name:<28} {t:>7.2f} {t / total:>6.0%}" for name, t in stages]
+        lines += [f"  {name:<34} {t:>7.2f} {t / total:>6.0%}" for name, t in stages]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.out.write_text(text)

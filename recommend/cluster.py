@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 from ingest.inventory import Inventory
 from policy import Endpoint
@@ -27,6 +28,7 @@ _DNS_NAMES = ("coredns", "kube-dns", "rke2-coredns")
 _NAME_CHARS = re.compile(r"[^a-z0-9.-]+")
 
 Labels = tuple[tuple[str, str], ...]
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +83,16 @@ class Cluster:
     def pods(self, namespace: str, workload: str) -> list[Endpoint]:
         return self._pods.get((namespace, workload), [])
 
+    @cached_property
+    def _namespaces(self) -> dict[str, list[Endpoint]]:
+        """Pods per namespace, by workload then pod (``beyond`` asks once per rule)."""
+        out: dict[str, list[Endpoint]] = {}
+        for (ns, _), eps in sorted(self._pods.items()):
+            out.setdefault(ns, []).extend(eps)
+        return out
+
     def pods_in(self, namespace: str) -> list[Endpoint]:
-        return [ep for (ns, _), eps in sorted(self._pods.items()) if ns == namespace
-                for ep in eps]
+        return list(self._namespaces.get(namespace, ()))
 
     def labels(self, namespace: str, workload: str,
                seen: Iterable[Labels]) -> dict[str, str]:
@@ -106,13 +115,21 @@ class Cluster:
     def _choices(self) -> dict[tuple[str, str, tuple[Labels, ...]], Choice]:
         return {}
 
+    @cached_property
+    def _pods_of(self) -> dict[str, list[tuple[str, list[Endpoint]]]]:
+        return _per_namespace(self._pods)
+
+    @cached_property
+    def _observed_of(self) -> dict[str, list[tuple[str, tuple[Labels, ...]]]]:
+        return _per_namespace(self.observed)
+
     def _choice(self, namespace: str, workload: str, seen: tuple[Labels, ...]) -> Choice:
         labels = self.labels(namespace, workload, seen)
-        others = [dict(p.labels) for (ns, wl), eps in self._pods.items()
-                  if ns == namespace and wl != workload for p in eps]
+        others = [dict(p.labels) for wl, eps in self._pods_of.get(namespace, ())
+                  if wl != workload for p in eps]
         others += [common_labels(dict(s) for s in sets)
-                   for (ns, wl), sets in self.observed.items()
-                   if ns == namespace and wl != workload and (ns, wl) not in self._pods]
+                   for wl, sets in self._observed_of.get(namespace, ())
+                   if wl != workload and (namespace, wl) not in self._pods]
         return workload_selector([labels], others)
 
     def dns_peer(self) -> DnsPeer:
@@ -130,3 +147,12 @@ class Cluster:
         return DnsPeer(DNS_NAMESPACE, Choice(_DNS_LABELS, selector_text(_DNS_LABELS)),
                        f"DNS rule assumes CoreDNS labelled k8s-app: kube-dns in kube-system "
                        f"({why})")
+
+
+def _per_namespace(by_workload: Mapping[tuple[str, str], V]) -> dict[str, list[tuple[str, V]]]:
+    """``{(namespace, workload): value}`` as ``{namespace: [(workload, value), ...]}``, in the
+    mapping's order (a workload's selector is chosen against its namespace's others)."""
+    out: dict[str, list[tuple[str, V]]] = {}
+    for (ns, wl), value in by_workload.items():
+        out.setdefault(ns, []).append((wl, value))
+    return out

@@ -102,14 +102,13 @@ def recommend(query: observe.Query, existing: PolicySet, inventory: Inventory | 
     tier = request.check()
     inventory = inventory or Inventory()
     window, ns, wl = request.window, request.namespace, request.workload
-    obs = [o for o in observe.observations(query, window, ns, wl)
-           if ns or not _system(o.namespace)]
+    observed, records = observe.traffic(query, window, ns, wl)
+    obs = [o for o in observed if ns or not _system(o.namespace)]
     cluster = Cluster.of(inventory, obs)
     policies, warnings = plan(obs, cluster, request.scope, RuleOptions(request.domain_wildcards))
     warnings += [w for p in policies for w in p.warnings]
     outputs = render(policies, tier, request.format, existing, inventory, warnings)
     documents = round_trip(outputs)
-    records = observe.records(query, window, ns, wl)
     proof = replay(records if ns else _without_system(records),
                    enforced_set(existing, documents), inventory)
     notes = tuple((f"{p.target.namespace}/{policy_name(p, tier)}",

@@ -8,9 +8,12 @@ and ``dst,fwd`` count at their reporting end). Calico reads the *pending* trace;
 the enforced one so that re-running recommendation after staging its output learns the same
 rules instead of an empty set.
 
-The SQL lives in ``recommend/sql/``. It is run by an injected ``query(sql, parameters)``,
-in practice ``functools.partial(analytics.db.query, analytics.db.connect(store))``, so that
-recommendation never opens the store itself and only ``analytics`` touches DuckDB.
+The SQL lives in ``recommend/sql/``. The records are grouped once by every column the plan
+and the replay read (``groups.sql``), and the observations and the replay's records are both
+read from those groups, so :func:`traffic` scans the store once. It is run by an injected
+``query(sql, parameters)``, in practice ``functools.partial(analytics.db.query,
+analytics.db.connect(store))``, so that recommendation never opens the store itself and only
+``analytics`` touches DuckDB.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow as pa
 from analytics.window import Window
 from recommend.model import Observation, PeerRef
 
-__all__ = ["Query", "observations", "records", "workload_key"]
+__all__ = ["Query", "observations", "records", "traffic", "workload_key"]
 
 # analytics.db.query bound to a connection: SQL text and bound parameters in, Arrow out.
 Query = Callable[[str, dict[str, object] | None], pa.Table]
@@ -41,12 +44,18 @@ def _sql(name: str) -> str:
     return resources.files("recommend").joinpath("sql", f"{name}.sql").read_text()
 
 
-def _run(query: Query, name: str, window: Window, namespace: str | None,
-         workload: str | None) -> pa.Table:
+def _grouped(query: Query, window: Window, namespace: str | None, workload: str | None,
+             *names: str) -> list[pa.Table]:
+    """The results of queries ``names``, each over one grouping of the store's records
+    (groups.sql): the flows are scanned once however many queries read the groups."""
     query(_sql("macros"), None)
     params: dict[str, object] = {**window.parameters(), "namespace": namespace,
                                  "workload": workload}
-    return query(_sql(name), params)
+    query(_sql("groups"), params)
+    try:
+        return [query(_sql(name), None) for name in names]
+    finally:
+        query(_sql("drop_groups"), None)
 
 
 def workload_key(name_aggr: str) -> str:
@@ -56,18 +65,32 @@ def workload_key(name_aggr: str) -> str:
     return f"{m.group('base')}-*" if m else name_aggr
 
 
+def traffic(query: Query, window: Window, namespace: str | None = None,
+            workload: str | None = None) -> tuple[list[Observation], pa.Table]:
+    """:func:`observations` and :func:`records` from one scan of the store."""
+    observed, grouped = _grouped(query, window, namespace, workload, "observed", "records")
+    return _sorted(observed), grouped
+
+
 def observations(query: Query, window: Window, namespace: str | None = None,
                  workload: str | None = None) -> list[Observation]:
     """The observed traffic of the namespace (every namespace when ``None``), optionally only
     of workloads whose replica-set prefix starts with ``workload``, in a stable order."""
-    rows = _run(query, "observed", window, namespace, workload).to_pylist()
-    return sorted((_observation(r) for r in rows), key=Observation.sort_key)
+    return _sorted(*_grouped(query, window, namespace, workload, "observed"))
 
 
 def records(query: Query, window: Window, namespace: str | None = None,
             workload: str | None = None) -> pa.Table:
-    """The flow-log records behind :func:`observations`, for the replay proof."""
-    return _run(query, "records", window, namespace, workload)
+    """The flow-log records behind :func:`observations`, for the replay proof: one row per
+    distinct record (as the evaluator and the failure report see it), with ``records``, how
+    many records it stands for, and ``num_flows``, their connections: twelve identical
+    records of ``web`` to ``api`` on 8080 are one row with ``records`` 12."""
+    [table] = _grouped(query, window, namespace, workload, "records")
+    return table
+
+
+def _sorted(observed: pa.Table) -> list[Observation]:
+    return sorted((_observation(r) for r in observed.to_pylist()), key=Observation.sort_key)
 
 
 def _observation(row: Mapping[str, Any]) -> Observation:

@@ -102,7 +102,11 @@ def enforced_set(existing: PolicySet, documents: Iterable[Document]) -> PolicySe
 
 def replay(records: pa.Table, policy_set: PolicySet,
            inventory: Inventory | None = None) -> Proof:
-    """Evaluate ``records`` (recommend/sql/records.sql) against ``policy_set``."""
+    """Evaluate ``records`` (recommend/sql/records.sql) against ``policy_set``.
+
+    A row stands for ``records`` identical records (1 without that column, as for rows of
+    the flow log itself) with ``num_flows`` connections in all: each distinct record is
+    evaluated once, and the proof counts what it stands for."""
     inventory = inventory or Inventory()
     batch = BatchEvaluator(Evaluator(policy_set, inventory.namespaces),
                            lambda ns, name: inventory.endpoint(f"{ns}/{name}"),
@@ -121,11 +125,19 @@ def replay(records: pa.Table, policy_set: PolicySet,
     rescued = _representative(batch, records, {i: a for i, a in retry.items() if a})
     failing = [i for i in not_allowed if i not in rescued]
     traces = {i: tuple(result.enforced[result.trace_id[i]]) for i in failing}
-    flows = pc.fill_null(records["num_flows"], 0)
-    total = pc.sum(flows).as_py() or 0
-    bad = pc.sum(flows.take(pa.array(failing, pa.int64()))).as_py() or 0
-    return Proof(records.num_rows, total, records.num_rows - len(failing), total - bad,
-                 len(rescued), _failures(records, failing, actions, traces))
+    weights, flows = _weights(records)
+    total, connections = int(weights.sum()), int(flows.sum())
+    return Proof(total, connections, total - int(weights[failing].sum()),
+                 connections - int(flows[failing].sum()), int(weights[sorted(rescued)].sum()),
+                 _failures(records, failing, actions, traces, weights, flows))
+
+
+def _weights(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, how many records it stands for and their connections (null: none)."""
+    counts = (pc.fill_null(records["records"], 0).to_numpy()
+              if "records" in records.column_names else np.ones(records.num_rows))
+    flows = pc.fill_null(records["num_flows"], 0).to_numpy()
+    return counts.astype(np.int64), flows.astype(np.int64)
 
 
 def _addresses(records: pa.Table, i: int, sets: Mapping[str, NetworkSet]) -> tuple[str, ...]:
@@ -169,19 +181,21 @@ def _with_remote_ip(table: pa.Table, address: str) -> pa.Table:
 
 
 def _failures(records: pa.Table, rows: Sequence[int], actions: Mapping[int, str],
-              traces: Mapping[int, tuple[str, ...]]) -> tuple[Failure, ...]:
-    grouped: dict[Failure, list[int]] = {}
+              traces: Mapping[int, tuple[str, ...]], weights: np.ndarray,
+              flows: np.ndarray) -> tuple[Failure, ...]:
+    grouped: dict[Failure, tuple[int, int]] = {}
     for i in rows:
         row = {c: records[c][i].as_py() for c in _COLUMNS}
-        grouped.setdefault(_failure(row, actions[i], traces[i]), []).append(
-            int(row["num_flows"] or 0))
-    return tuple(sorted(replace(f, records=len(n), connections=sum(n))
-                        for f, n in grouped.items()))
+        failure = _failure(row, actions[i], traces[i])
+        counted, connections = grouped.get(failure, (0, 0))
+        grouped[failure] = (counted + int(weights[i]), connections + int(flows[i]))
+    return tuple(sorted(replace(f, records=n, connections=c)
+                        for f, (n, c) in grouped.items()))
 
 
 _COLUMNS = ("direction", "local_namespace", "local_workload", "source_type",
             "source_namespace", "source_name_aggr", "dest_type", "dest_namespace",
-            "dest_name_aggr", "proto", "dest_port", "dest_domains", "num_flows")
+            "dest_name_aggr", "proto", "dest_port", "dest_domains")
 
 
 def _failure(row: Mapping[str, object], action: str, trace: tuple[str, ...]) -> Failure:

@@ -1,5 +1,6 @@
--- What recommendation learns from (reference/calico.md §7.3 steps 1-2), as a table macro so
--- that the aggregate (observed.sql) and the replay (records.sql) read exactly the same rows.
+-- What recommendation learns from (reference/calico.md §7.3 steps 1-2), as a table macro;
+-- groups.sql reads it once for both the aggregate (observed.sql) and the replay (records.sql),
+-- so the two see exactly the same rows.
 --
 -- A record counts when it is allowed, overlaps [since, until), and its enforced trace holds a
 -- profile hit ("__PROFILE__...|allow", §1.4: no policy decided it). It is an egress record of

@@ -1,6 +1,6 @@
 -- Per workload, direction, remote peer, port, protocol, domains and service: the traffic a
--- recommendation is built from, with its volumes. Run after macros.sql.
--- Parameters: $since, $until, $namespace (NULL: all), $workload (prefix; NULL: all).
+-- recommendation is built from, with its volumes. Run after groups.sql (whose groups are
+-- finer than these, so summing their volumes gives the records' own sums).
 -- Labels are the distinct label maps seen (aggregated records carry the labels common to
 -- their pods); the caller intersects them.
 SELECT direction, local_namespace AS namespace, local_workload AS workload,
@@ -20,11 +20,11 @@ SELECT direction, local_namespace AS namespace, local_workload AS workload,
                  FILTER (WHERE (CASE direction WHEN 'egress' THEN dest_ip
                                 ELSE source_ip END) IS NOT NULL)) AS peer_ips,
        sum(num_flows)::BIGINT AS connections,
-       sum(bytes_in + bytes_out)::BIGINT AS bytes,
-       sum(packets_in + packets_out)::BIGINT AS packets,
-       count(*)::BIGINT AS records,
-       min(start_time) AS first_seen, max(end_time) AS last_seen
-FROM tf_recommend_records($since, $until, $namespace, $workload)
+       sum(bytes)::BIGINT AS bytes,
+       sum(packets)::BIGINT AS packets,
+       sum(records)::BIGINT AS records,
+       min(first_seen) AS first_seen, max(last_seen) AS last_seen
+FROM tf_recommend_groups
 GROUP BY ALL
 ORDER BY namespace, workload, direction, peer_type, peer_namespace, peer_name_aggr, proto,
          dest_port, domains, service_namespace, service_name;
