@@ -62,7 +62,7 @@ class Preview:
 
     flows: pa.Table  # one row per visible flow and outcome; see module doc
     changes: tuple[AppliedChange, ...]
-    records: int  # records in the window
+    records: int  # records in the window read (all of it, unless only_changed pruned it)
     keys: int  # distinct evaluation keys
     impacted: int  # keys a changed policy selects (evaluated before and after)
     synthesised: int  # destination records synthesised for newly allowed egress
@@ -91,9 +91,22 @@ class Preview:
             .select(["before"]).to_pylist() if r["before"] == "allow")
 
 
-def evaluation_input(con: duckdb.DuckDBPyConnection, window: Window) -> pa.Table:
-    """The window's records summed per evaluation key (``sql/preview_records.sql``)."""
-    return query(con, sql_text("preview_records"), window.parameters())  # type: ignore[arg-type]
+def evaluation_input(con: duckdb.DuckDBPyConnection, window: Window,
+                     namespaces: Sequence[str] | None = None) -> pa.Table:
+    """The window's records summed per evaluation key (``sql/preview_records.sql``); with
+    ``namespaces``, only records with an end in one of them."""
+    params = {**window.parameters(), "pruned": namespaces is not None,
+              "namespaces": list(namespaces or [])}
+    return query(con, sql_text("preview_records"), params)  # type: ignore[arg-type]
+
+
+def _namespaces(changed: Changed) -> list[str] | None:
+    """The namespaces whose records a change can touch, when only namespaced policies
+    change (a namespaced policy selects endpoints of its own namespace only; the destination
+    records of their flows have the source's namespace): else None, every record."""
+    if changed.everything or any(p.namespace is None for p in changed.impacting):
+        return None
+    return sorted({str(p.namespace) for p in changed.impacting})
 
 
 def _batch(policy_set: PolicySet, inventory: Inventory) -> BatchEvaluator:
@@ -111,9 +124,11 @@ def preview(con: duckdb.DuckDBPyConnection, window: Window, current: PolicySet,
             changed: Changed, inventory: Inventory | None = None, *,
             only_changed: bool = False) -> Preview:
     """Every flow of ``window`` before and after ``changed`` (see the module doc).
-    ``only_changed`` skips evaluating keys no change can touch (they are left out)."""
+    ``only_changed`` skips what no change can touch: keys no changed policy selects are not
+    evaluated, and when only namespaced policies change, records with no end in their
+    namespaces are not even read."""
     inventory = inventory or Inventory()
-    table = evaluation_input(con, window)
+    table = evaluation_input(con, window, _namespaces(changed) if only_changed else None)
     n = table.num_rows
     records = int(pc.sum(table["records"]).as_py() or 0)
     before_batch = _batch(_enforced_only(current), inventory)
@@ -304,7 +319,7 @@ def _outcomes(rows: pa.Table, before: np.ndarray, before_trace: Sequence[tuple[s
     cols: dict[str, Any] = {c: rows[c] for c in (*_VISIBLE, "recorded_action", *_SUMS,
                                                   "first_seen", "last_seen")}
     cols["reporter"] = pc.cast(rows["reporter"], pa.string())
-    cols.update(change=pa.array(change), before=pa.array(before.tolist(), pa.string()),
+    cols.update(change=pa.array(change, pa.string()), before=pa.array(before.tolist(), pa.string()),
                 after=pa.array(after.tolist(), pa.string()),
                 before_trace=pa.array([list(t) for t in before_trace], strings),
                 after_trace=pa.array([list(t) for t in after_trace], strings),
@@ -367,6 +382,6 @@ def totals_line(p: Preview) -> str:
     parts = [f"{c}: {t[c]['flows']} flow(s), {t[c]['connections']:,} connection(s)"
              for c in CHANGES if t[c]["flows"] and c != "unchanged"]
     what = "; ".join(parts) or "no flow changes its verdict"
-    return (f"preview: {p.records:,} record(s), {p.keys:,} distinct key(s), {p.impacted:,} "
-            f"impacted by {len(p.changes)} change(s): {what}")
+    return (f"preview: {p.records:,} record(s) read, {p.keys:,} distinct key(s), "
+            f"{p.impacted:,} impacted by {len(p.changes)} change(s): {what}")
 

@@ -160,6 +160,10 @@ def test_every_verdict_is_the_reference_evaluators(docs: list[dict[str, Any]], d
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "store", rows)
         p = preview(connect(store), WINDOW, current, changed, Inventory())
+        # Pruned (namespaces not read, keys not evaluated) finds the same changes.
+        only = preview(connect(store), WINDOW, current, changed, Inventory(),
+                       only_changed=True)
+    assert only.changed().to_pylist() == p.changed().to_pylist()
     expected = _reference(rows, current, changed.policies)
     got = {_key(r): (r["before"], r["after"]) for r in p.flows.to_pylist()
            if not r["synthesised"]}

@@ -1,7 +1,9 @@
 -- The window's records for a policy re-evaluation (preview, stats --staged), summed per
 -- distinct evaluation key (policy.batch.KEY_COLUMNS) and recorded verdict: records that
 -- differ in nothing a policy can read are evaluated once.
--- Parameters: $since, $until (records overlapping the window count).
+-- Parameters: $since, $until (records overlapping the window count); $pruned and
+-- $namespaces: when $pruned, only records with an end in one of $namespaces (a change to
+-- namespaced policies can only touch those: analytics.preview).
 SELECT reporter, proto, dest_domains, dest_service_namespace, dest_service_name,
        source_type, source_namespace, source_name, source_name_aggr, source_labels,
        source_ip, source_port,
@@ -13,4 +15,6 @@ SELECT reporter, proto, dest_domains, dest_service_namespace, dest_service_name,
        min(start_time) AS first_seen, max(end_time) AS last_seen
 FROM flows
 WHERE end_time > $since AND start_time < $until
+  AND (NOT $pruned OR list_contains($namespaces, source_namespace)
+       OR list_contains($namespaces, dest_namespace))
 GROUP BY ALL
