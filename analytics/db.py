@@ -49,6 +49,8 @@ def connect(root: str | os.PathLike[str], threads: int | None = None,
     con.execute("SET allowed_paths = ?", [files + [str(p) for p in rollups]])
     con.execute("SET enable_external_access = false")
     con.execute("SET TimeZone = 'UTC'")
+    # Cron jobs and pipes read the output: a long query must not draw a progress bar.
+    con.execute("SET enable_progress_bar = false")
     con.execute("SET lock_configuration = true")
     parquet_view(con, "flows", files, FLOWS)
     con.from_arrow(_file_table(store, flows, rollups)).create_view("store_files")
