@@ -7,6 +7,7 @@ Layout (``DESIGN.md``)::
     STORE/_state/sources.json     what each source file has given: fingerprint and offset
     STORE/_state/journal/*.json   committed transactions not yet fully applied
     STORE/_state/lock             writers hold an exclusive flock on it
+    STORE/_state/<job>.lock       a batch job holds it for its whole run (`tierflow run`)
     STORE/_staging/<txid>/        files of a transaction being written
 
 A transaction writes its files under ``_staging`` (written, fsynced), then commits by
@@ -108,8 +109,28 @@ class Store:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def job_lock(self, job: str, wait: float | None = 0) -> Iterator[None]:
+        """Hold ``_state/<job>.lock`` while a batch job runs, so two runs of ``job`` on
+        this store never overlap (waiting at most ``wait`` seconds, forever if ``None``;
+        by default not at all). It is not the writer lock: the job's steps take that one
+        in turn, so agents and other writers interleave with them as usual.
 
-def _lock(lock: BinaryIO, wait: float | None, path: Path) -> None:
+        >>> with Store("store").job_lock("run"):  # doctest: +SKIP
+        ...     ingest_and_report()
+        """
+        self.state.mkdir(parents=True, exist_ok=True)
+        path = self.state / f"{_safe(job)}.lock"
+        with open(path, "a+b") as lock:
+            _lock(lock, wait, path, f"another `tierflow {job}` is running on this store")
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lock(lock: BinaryIO, wait: float | None, path: Path,
+          holder: str = "another tierflow job holds the store lock") -> None:
     deadline = None if wait is None else time.monotonic() + wait
     while True:
         try:
@@ -117,8 +138,7 @@ def _lock(lock: BinaryIO, wait: float | None, path: Path) -> None:
             return
         except BlockingIOError:
             if deadline is not None and time.monotonic() >= deadline:
-                raise StoreError(f"{path}: another tierflow job holds the store lock "
-                                 f"(waited {wait:g} s)") from None
+                raise StoreError(f"{path}: {holder} (waited {wait:g} s)") from None
             time.sleep(0.05)
 
 

@@ -93,3 +93,16 @@ def test_compaction_keeps_rollups_in_step(tmp_path: Path) -> None:
     assert [p.name for p in store.rollup_files()] == [p.name for p in store.files()]
     assert len(store.files()) == 4
     assert [queries.board(connect(store.root), w).to_pylist() for w in WINDOWS] == before
+
+
+def test_compaction_gives_a_rollup_to_a_file_without_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write(store, [records(100, 11)])
+    before = [queries.board(connect(store.root), w).to_pylist() for w in WINDOWS]
+    lost = store.rollup_files()[0]  # as in a store written before rollups existed
+    lost.unlink()
+    result = compact_store(store)
+    assert result.partitions == 1 and result.files_before == result.files_after == 1
+    assert [p.name for p in store.rollup_files()] == [p.name for p in store.files()]
+    assert [queries.board(connect(store.root), w).to_pylist() for w in WINDOWS] == before
+    assert compact_store(store).partitions == 0  # compacting a compacted store does nothing

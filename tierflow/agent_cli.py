@@ -31,8 +31,9 @@ from tierflow.store_cli import flow_builder
               "packets: sniffed frames, for nodes without conntrack.")
 @click.option("--iface", "ifaces", multiple=True,
               help="Interfaces to sniff: DNS answers (for dest_domains), and every packet "
-              "with --source packets (repeatable; pick one vantage point such as the pod "
-              "bridge, as a packet seen on two is counted twice).")
+              "with --source packets (repeatable; 'any' for all of them, e.g. Calico's "
+              "per-pod cali* interfaces). With --source packets pick one vantage point such "
+              "as the pod bridge: a packet seen on two interfaces is counted twice.")
 @click.option("--netns", default=None, help="Run in this network namespace (a name under "
               "/var/run/netns) instead of the agent's own.")
 @click.option("--interval", type=click.IntRange(1, 3600), default=15, show_default=True,

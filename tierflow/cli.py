@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from policy import PolicyError
-from tierflow import commands
+from tierflow import commands, config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,8 +36,17 @@ def domain_errors(fn: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tierflow")
-def cli() -> None:
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              envvar=config.ENV_VAR, help="tierflow.toml: defaults for every command's "
+              "options (the command line wins) [default: $TIERFLOW_CONFIG, else "
+              "./tierflow.toml if present].")
+@click.pass_context
+@domain_errors
+def cli(ctx: click.Context, config_file: str | None) -> None:
     """Observed Kubernetes traffic -> Calico-style evidence and least-privilege policy."""
+    path = config.find_config(config_file)
+    if path is not None:
+        config.apply_config(ctx, path)
 
 
 @cli.command()
@@ -111,8 +120,11 @@ def main() -> None:
 from tierflow import (  # noqa: E402, F401
     agent_cli,
     analytics_cli,
+    demo_cli,
+    export_cli,
     preview_cli,
     recommend_cli,
+    run_cli,
     stage_cli,
     store_cli,
 )

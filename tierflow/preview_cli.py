@@ -78,7 +78,7 @@ def preview_command(store: str, policies: tuple[str, ...], inventories: tuple[st
     emit(shown, output)
     click.echo(totals_line(result), err=True)
     if report_file:
-        _write_report(con, window, result, report_file, store, change_files, deletes)
+        write_report(con, window, result, report_file, store, change_files, deletes)
     if fail_on == "any" and result.changed().num_rows:
         click.echo(f"tierflow: --fail-on any: {result.changed().num_rows} flow(s) change "
                    "verdict or are uncertain", err=True)
@@ -89,7 +89,7 @@ def preview_command(store: str, policies: tuple[str, ...], inventories: tuple[st
         sys.exit(1)
 
 
-def _write_report(con: duckdb.DuckDBPyConnection, window: Window, result: Preview, out: str,
+def write_report(con: duckdb.DuckDBPyConnection, window: Window, result: Preview, out: str,
                   store: str, change_files: tuple[str, ...], deletes: tuple[str, ...]) -> None:
     changed = result.changed().to_pylist()
     keys = {(r["source_namespace"], r["source_name_aggr"], r["dest_namespace"],

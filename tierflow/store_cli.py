@@ -21,15 +21,15 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from analytics.db import connect, query
 from ingest.compact import compact_store
-from ingest.flows import Aggregation, FlowBuilder
-from ingest.identity import Resolver
+from ingest.flows import Aggregation
 from ingest.jobs import IngestSummary, ingest_calico, ingest_conntrack, ingest_pcap
 from ingest.store import Store
-from policy import Evaluator
-from policy.batch import BatchEvaluator
 from tierflow.cli import cli, domain_errors
-from tierflow.inputs import load_inventory, load_policies
+from tierflow.inputs import flow_builder
 from tierflow.render import emit
+
+# flow_builder lives in tierflow.inputs (tierflow run uses it too); agent_cli imports it here.
+__all__ = ["compact", "flow_builder", "ingest", "sql"]
 
 
 @cli.command()
@@ -84,19 +84,6 @@ def ingest(source: str, paths: tuple[str, ...], store: str, inventories: tuple[s
                 times = [t.replace(tzinfo=UTC) for t in at] or None
                 summary = ingest_conntrack(paths, st, builder, interval, times, progress, wait)
     _report(summary, output if output != "auto" else ("text" if tty else "json"))
-
-
-def flow_builder(inventories: tuple[str, ...], policies: tuple[str, ...], levels: Aggregation,
-             host: str, collector: str) -> FlowBuilder:
-    inv = load_inventory(inventories) if inventories else None
-    policy_set = load_policies(policies) if policies else None
-    sets = policy_set.network_sets if policy_set else ()
-    evaluator = None
-    if policy_set is not None:
-        namespaces = inv.namespaces if inv else {}
-        lookup = (lambda ns, name: inv.endpoint(f"{ns}/{name}")) if inv else None
-        evaluator = BatchEvaluator(Evaluator(policy_set, namespaces), lookup, namespaces)
-    return FlowBuilder(Resolver(inv, sets), evaluator, levels, host, collector)
 
 
 def _report(summary: IngestSummary, output: str) -> None:
