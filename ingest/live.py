@@ -8,13 +8,21 @@ the table at the end of every interval, so that
   counters of its DESTROY event;
 * a long-lived connection is reported in every interval it was active, with the increase of
   its counters since the previous interval (as Felix's collector counts);
-* ``started`` marks a connection's first interval (a NEW event, or a kernel start time inside
-  the interval), ``completed`` its last (DESTROY, or TCP TIME_WAIT/CLOSE, which Felix expires
-  early), as ``ingest.conntrack`` does for snapshots.
+* ``started`` marks a connection's first interval (a NEW event, or a kernel start time since
+  the first interval began), ``completed`` its last (DESTROY, or TCP TIME_WAIT/CLOSE, which
+  Felix expires early), as ``ingest.conntrack`` does for snapshots;
+* the dump runs a little after the interval's end, while connections keep coming: one that
+  began after the end (by its kernel start time) is left for the next interval, and the
+  events are read again after the dump, so that an entry deleted meanwhile is known by its
+  DESTROY event rather than taken for vanished.
+
+Entries of the dump that did not change since the previous one (``ctnetlink.Table``: mostly
+TIME_WAIT entries already reported) are passed over without any work but a lookup.
 
 Memory is bounded: at most ``max_connections`` are followed; past that the least recently
 active are dropped, counted in :attr:`ConntrackSource.evicted` (a dropped connection seen
-again is followed afresh, so its earlier counters count twice: the count says how often).
+again is followed afresh, so its earlier counters, and its start, count twice: the count
+says how often).
 
 :class:`FrameSniffer` reads frames from AF_PACKET sockets (scapy's ``L2ListenSocket``, with a
 BPF filter) on a thread; its frames go through the same columnar decoder as pcap files. It
@@ -25,6 +33,7 @@ and reported.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -47,13 +56,14 @@ from ingest.schema import DNS, SEGMENTS, Reject
 __all__ = ["ConntrackSource", "DnsCache", "FrameSniffer", "PacketSource"]
 
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6
+_SO_RCVBUFFORCE = 33
 _LINKTYPE_ETHERNET = 1
 _LINKTYPE_RAW = 101  # an IP packet, no link header (what a cooked packet socket reads)
 _DLT_RAW = 12  # libpcap's name for it when compiling a filter
 _ETH_P_ALL = 0x0003
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conn:
     conn_id: int
     entry: ctnetlink.Entry
@@ -62,6 +72,7 @@ class _Conn:
     base: tuple[int, int, int, int]  # counters already reported
     reported: bool = False
     done: bool = False
+    dumped: int = 0  # the last dump that had it
 
 
 def _counters(e: ctnetlink.Entry) -> tuple[int, int, int, int]:
@@ -72,14 +83,16 @@ class ConntrackSource:
     """Per-interval connection segments from the conntrack table of ``netns``."""
 
     def __init__(self, netns: str | None = None, max_connections: int = 1_000_000,
-                 dump: Any = ctnetlink.dump, events: Any = None) -> None:
+                 dump: Any = None, events: Any = None) -> None:
         self.netns = netns
         self.events = events if events is not None else ctnetlink.Events(netns)
         self.max_connections = max_connections
-        self._dump = dump
+        self._dump = dump if dump is not None else ctnetlink.Table().dump
         self.conns: OrderedDict[tuple[object, ...], _Conn] = OrderedDict()
         self.closed: list[tuple[_Conn, ctnetlink.Entry]] = []
         self.next_id = 1
+        self.first_us: int | None = None  # the start of the first interval collected
+        self.dumps = 0
         self.evicted = 0
         self.vanished = 0  # followed connections gone without a DESTROY event
         self.events_seen = 0
@@ -99,8 +112,10 @@ class ConntrackSource:
             if e.kind == "new":
                 self._follow(e, seen_new=True, now_us=time.time_ns() // 1000)
             elif e.kind == "destroy":
+                # Unknown: its NEW event was lost, or it began before we watched; its
+                # kernel start time tells which.
                 conn = self.conns.pop(e.key, None) or self._new_conn(
-                    e, seen_new=True, now_us=time.time_ns() // 1000)
+                    e, seen_new=False, now_us=time.time_ns() // 1000)
                 self.closed.append((conn, e))
         self.events_seen += len(events)
         return len(events)
@@ -126,18 +141,27 @@ class ConntrackSource:
     def collect(self, start_us: int, end_us: int) -> pa.Table:
         """The SEGMENTS rows of the interval [start_us, end_us): a dump now, plus what
         ended since the last call."""
+        if self.first_us is None:
+            self.first_us = start_us
         self.poll()
+        followed = self.next_id  # connections followed from here on cannot have vanished
+        self.dumps += 1
         rows: list[dict[str, Any]] = []
-        present = set()
         for e in self._dump(self.netns):
-            present.add(e.key)
-            conn = self._follow(e, seen_new=False, now_us=end_us)
-            closing = e.tcp_state in ctnetlink.CLOSING_TCP_STATES
-            self._row(rows, conn, e, start_us, end_us, completed=closing)
-        for conn, e in self.closed:
-            self._row(rows, conn, e, start_us, end_us, completed=True)
-        self.closed = []
-        for key in [k for k in self.conns if k not in present]:
+            conn = self.conns.get(e.key)
+            if conn is None or conn.entry is not e or not conn.reported:
+                conn = self._follow(e, seen_new=False, now_us=end_us)
+                closing = e.tcp_state in ctnetlink.CLOSING_TCP_STATES
+                self._row(rows, conn, e, start_us, end_us, completed=closing)
+            # else: the very entry of the last dump, reported then: nothing new
+            conn.dumped = self.dumps
+        self.poll()  # the DESTROY events of entries deleted while the table was dumped
+        closed, self.closed = self.closed, []
+        for conn, e in closed:
+            if not self._row(rows, conn, e, start_us, end_us, completed=True):
+                self.closed.append((conn, e))
+        for key in [k for k, c in self.conns.items()
+                    if c.dumped != self.dumps and c.conn_id < followed]:
             conn = self.conns.pop(key)  # gone, and its DESTROY event was lost
             self.vanished += 1
             self._row(rows, conn, conn.entry, start_us, end_us, completed=True,
@@ -145,13 +169,18 @@ class ConntrackSource:
         return pa.Table.from_pylist(rows, schema=SEGMENTS)
 
     def _row(self, rows: list[dict[str, Any]], conn: _Conn, e: ctnetlink.Entry,
-             start_us: int, end_us: int, *, completed: bool, final: bool = True) -> None:
+             start_us: int, end_us: int, *, completed: bool, final: bool = True) -> bool:
+        """Add the connection's row if it has news; False (nothing added) when it began
+        after ``end_us``, so belongs to a later interval."""
+        if final and not conn.reported and e.start_ns and e.start_ns // 1000 >= end_us:
+            return False
         now = _counters(e) if final else conn.base
         delta = [max(0, a - b) for a, b in zip(now, conn.base, strict=True)]
-        started = not conn.reported and (conn.seen_new or start_us <= conn.start_us < end_us)
+        first = self.first_us if self.first_us is not None else start_us
+        started = not conn.reported and (conn.seen_new or first <= conn.start_us < end_us)
         ending = completed and not conn.done
         if not any(delta) and not started and not ending:
-            return
+            return True
         dnat = (e.orig_dst, e.orig_dport) != (e.reply_src, e.reply_sport)
         rows.append({
             "start_time": start_us // 1_000_000, "end_time": -(-end_us // 1_000_000),
@@ -164,6 +193,7 @@ class ConntrackSource:
             "packets_fwd": delta[0], "bytes_fwd": delta[1], "packets_rev": delta[2],
             "bytes_rev": delta[3], "started": started, "completed": ending})
         conn.base, conn.reported, conn.done = now, True, conn.done or completed
+        return True
 
     def close(self) -> None:
         self.events.close()
@@ -189,6 +219,7 @@ class FrameSniffer:
                     self.sockets.append((raw, _LINKTYPE_RAW, raw))
                 else:
                     owner = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
+                    _big_buffer(owner.ins)  # scapy's is 64 KiB: a burst of DNS fills it
                     self.sockets.append((owner.ins, _LINKTYPE_ETHERNET, owner))
         self.max_frames = max_frames
         self._lock = threading.Lock()
@@ -256,11 +287,19 @@ class FrameSniffer:
             owner.close()
 
 
+def _big_buffer(sock: socket.socket, size: int = 16 << 20) -> None:
+    """A receive buffer that holds a second of a busy node's DNS answers while the agent
+    flushes (``net.core.rmem_max`` caps SO_RCVBUF; root may force past it)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+
+
 def _any_interface(bpf: str | None) -> socket.socket:
     """A packet socket on every interface, reading IP packets without link headers (so
     Ethernet, tunnels and WireGuard alike), filtered in the kernel by ``bpf``."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    _big_buffer(sock)
     if bpf:
         from scapy.arch.common import compile_filter, free_filter  # noqa: PLC0415
         from scapy.arch.linux import SO_ATTACH_FILTER  # noqa: PLC0415

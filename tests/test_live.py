@@ -136,3 +136,46 @@ def test_a_reused_tuple_with_a_new_id_is_a_new_connection(kernel: Scripted) -> N
     assert [(r["packets_fwd"], r["started"], r["completed"]) for r in rows] == [
         (1, True, False), (0, False, True)]
     assert src.vanished == 1
+
+
+def test_a_connection_that_began_after_the_interval_ended_waits_for_the_next(
+        kernel: Scripted) -> None:
+    # The dump runs a little after the boundary; what began since is the next interval's.
+    src = source(kernel)
+    kernel.table = [entry(20, (6, 400, 6, 900), state=7, start_s=(T0 + 15 * S) / S + 0.01)]
+    assert interval(src, 0) == []
+    assert interval(src, 1) == [{"src_port": 20, "packets_fwd": 6, "bytes_fwd": 400,
+                                 "packets_rev": 6, "bytes_rev": 900, "started": True,
+                                 "completed": True}]
+
+
+class DeletedDuringDump(Scripted):
+    """A kernel whose entries are deleted while the table is being dumped."""
+
+    def __init__(self, deleted: list[Entry]) -> None:
+        super().__init__()
+        self.deleted = deleted
+
+    def dump(self, netns: Any) -> list[Entry]:
+        self.events += self.deleted  # their DESTROY events, queued behind the dump
+        self.deleted = []
+        return super().dump(netns)
+
+
+def test_an_entry_deleted_during_the_dump_ends_by_its_destroy_event() -> None:
+    kernel = DeletedDuringDump([entry(21, (6, 400, 6, 900), kind="destroy", state=7)])
+    src = source(kernel)
+    kernel.events = [entry(21, kind="new")]
+    assert interval(src, 0) == [{"src_port": 21, "packets_fwd": 6, "bytes_fwd": 400,
+                                 "packets_rev": 6, "bytes_rev": 900, "started": True,
+                                 "completed": True}]
+    assert src.vanished == 0
+
+
+def test_a_destroy_event_alone_starts_what_began_since_the_first_interval(
+        kernel: Scripted) -> None:
+    # Its NEW event was lost, or it began before the agent: the kernel start time says.
+    src = source(kernel)
+    kernel.events = [entry(22, (1, 60, 1, 60), kind="destroy", start_s=T0 / S - 100),
+                     entry(23, (1, 60, 1, 60), kind="destroy", start_s=T0 / S + 1)]
+    assert {r["src_port"]: r["started"] for r in interval(src, 0)} == {22: False, 23: True}
