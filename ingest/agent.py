@@ -54,6 +54,7 @@ class AgentStats:
     events_lost: int = 0  # ENOBUFS from the conntrack event socket
     frames_dropped: int = 0  # kernel drops on the sniffing sockets
     frames_overflow: int = 0  # frames dropped because the agent fell behind
+    frame_copies: int = 0  # one packet read again on another interface (--iface any), skipped
     evicted: int = 0
     vanished: int = 0
     dns_answers: int = 0
@@ -190,6 +191,7 @@ class Agent:
         if self.sniffer is not None:
             s.frames_dropped += self.sniffer.drops()
             s.frames_overflow = self.sniffer.overflow
+            s.frame_copies = self.sniffer.copies
         s.dns_answers = self.dns.answers
         s.rejects += len(self.dns.rejects) + (len(self.packets.rejects) if self.packets else 0)
         self.dns.rejects = []

@@ -61,6 +61,8 @@ _LINKTYPE_ETHERNET = 1
 _LINKTYPE_RAW = 101  # an IP packet, no link header (what a cooked packet socket reads)
 _DLT_RAW = 12  # libpcap's name for it when compiling a filter
 _ETH_P_ALL = 0x0003
+_DUP_WINDOW = 1_000_000  # µs: the same bytes again within it are another port's copy
+_RECENT_MAX = 200_000
 
 
 @dataclass(slots=True)
@@ -225,6 +227,8 @@ class FrameSniffer:
         self._lock = threading.Lock()
         self._frames: list[tuple[int, int, bytes]] = []
         self.overflow = 0  # frames dropped because the agent fell behind (max_frames)
+        self.copies = 0  # copies of one packet read on several interfaces (``any``), skipped
+        self._recent: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tierflow-sniffer", daemon=True)
         self._thread.start()
@@ -245,12 +249,29 @@ class FrameSniffer:
                         if self._stop.is_set():
                             return
                         break
-                    got.append((time.time_ns() // 1000, link, data))
+                    now = time.time_ns() // 1000
+                    if link == _LINKTYPE_RAW and self._copy(data, now):
+                        continue
+                    got.append((now, link, data))
             if got:
                 with self._lock:
                     room = self.max_frames - len(self._frames)
                     self._frames += got[:max(room, 0)]
                     self.overflow += max(0, len(got) - max(room, 0))
+
+    def _copy(self, data: bytes, now: int) -> bool:
+        """Whether this packet is a copy of one read in the last second: on ``any``, a
+        bridged packet is read once per port it crosses (the pod's veth, the bridge, the
+        other veth), unchanged. A routed copy differs (its TTL went down) and is kept."""
+        key = hash(data)
+        seen = self._recent.get(key)
+        self._recent[key] = now
+        if len(self._recent) > _RECENT_MAX:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < _DUP_WINDOW}
+        if seen is not None and now - seen < _DUP_WINDOW:
+            self.copies += 1
+            return True
+        return False
 
     def drain(self) -> Frames:
         """The frames read since the last call, as one ``Frames`` batch."""
