@@ -207,3 +207,33 @@ def test_the_packet_path_for_nodes_without_conntrack(netns_lab: Lab,  # noqa: F8
     assert by[("src", "microservice1-7b9d6c8f5d-*", 8080)]["conns"] == 2
     assert by[("dst", "microservice1-7b9d6c8f5d-*", 8080)]["conns"] == 2
     assert by[("src", "pub", 80)]["domains"] == ["api.twilio.com"]
+
+
+def test_a_crash_loses_at_most_the_open_interval(netns_lab: Lab,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    lab = netns_lab
+    lab.conntrack_flush()
+    store = tmp_path / "store"
+    proc = start_agent(lab, store, "--no-dns", log="crash.log")
+    log = lab.workdir / "crash.log"
+    assert lab.http_get("pod1", HTTP_POD2) == "200"
+    deadline = time.monotonic() + 20  # until a flush has written the request's records
+    while not re.search(r"flushed .*: [1-9][0-9]* record", log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.2)
+    assert lab.http_get("pod1", HTTP_POD2) == "200"  # in the open interval: may be lost
+    proc.kill()  # SIGKILL: no flush, no cleanup
+    proc.wait(10)
+    rows = records(store, """SELECT reporter, sum(num_flows_started) AS started FROM flows
+                             WHERE dest_port = 8080 GROUP BY ALL ORDER BY reporter""")
+    # The first request's interval was committed; the store is consistent and readable.
+    assert [r["reporter"] for r in rows] == ["dst", "src"]
+    assert all(1 <= r["started"] <= 2 for r in rows)
+    # A new agent starts on the same store and takes up where the dead one left.
+    again = start_agent(lab, store, "--no-dns", log="again.log")
+    assert lab.http_get("pod1", HTTP_POD2) == "200"
+    time.sleep(2.5)
+    stop(again, lab.workdir / "again.log")
+    total = records(store, "SELECT sum(num_flows_started) AS n FROM flows "
+                           "WHERE dest_port = 8080 AND reporter = 'src'")[0]["n"]
+    assert total >= 2
