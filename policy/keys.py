@@ -2,13 +2,16 @@
 
 Every column becomes integer codes per row, exact and stable across chunks (one value → one
 code, ``null`` included): dictionary columns map their dictionary once and gather indices,
-integers are their own code, other scalars are dictionary-encoded. Map and list columns
-(labels, domains) keep exact per-entry codes plus a 64-bit fingerprint per row.
+other scalars are dictionary-encoded; a column holding one value throughout is a broadcast.
+Map columns (labels) get one exact code per row when their keys and values allow it
+(:func:`_exact_map`: a digit per key, no sorting); otherwise, and for lists (domains), they
+keep exact per-entry codes plus a 64-bit fingerprint per row.
 
-:func:`factorize` hashes the codes into one fingerprint per row, groups rows by it (one hash
-pass), then *verifies* every row against its group's representative on the exact codes and
-entries. A fingerprint collision, or maps whose entries come in a different order, can only
-cost the slower exact path; it can never merge rows that differ.
+:func:`factorize` packs the flat codes into one word in mixed radix, renumbering densely
+whenever the next column would overflow it, and groups by that word: exact, no verification.
+Only columns left with fingerprints are hashed, grouped, then *verified* against each group's
+representative on the exact entries; a fingerprint collision, or entries in another order,
+can only cost the slower exact path, never merge rows that differ.
 
 Data read from Parquet with ``read_dictionary`` on string leaves (as the store reads it) needs
 no string hashing at all; plain strings are dictionary-encoded here (the dominant cost).
@@ -16,11 +19,11 @@ no string hashing at all; plain strings are dictionary-encoded here (the dominan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -48,19 +51,21 @@ class _Coder:
 
     def of_dictionary(self, dictionary: pa.Array) -> np.ndarray:
         values = dictionary.to_pylist()
+        # Narrow codes halve the memory traffic of the per-row gathers that use them.
+        wide = len(self.codes) + len(values) >= 1 << 32
         return np.fromiter((self.codes.setdefault(v, len(self.codes)) for v in values),
-                           dtype=np.uint64, count=len(values))
+                           dtype=np.uint64 if wide else np.uint32, count=len(values))
 
 
 def _flat_codes(chunk: pa.Array, coder: _Coder) -> np.ndarray:
     """Exact codes of a scalar column chunk: one code per distinct value, null is code 0."""
     if chunk.null_count == len(chunk):
-        return np.zeros(len(chunk), dtype=np.uint64)
+        return np.zeros(len(chunk), dtype=np.uint32)
     if not pa.types.is_dictionary(chunk.type):
         chunk = pc.dictionary_encode(chunk)
     lut = coder.of_dictionary(chunk.dictionary)
     if len(lut) == 1 and chunk.null_count == 0:
-        return np.full(len(chunk), lut[0], dtype=np.uint64)
+        return np.full(len(chunk), lut[0], dtype=lut.dtype)
     if chunk.null_count:
         codes = lut[pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)]
         codes[~chunk.is_valid().to_numpy(zero_copy_only=False)] = 0
@@ -78,53 +83,169 @@ class Encoded:
     offsets: np.ndarray | None = None
     valid: np.ndarray | None = None
     cardinality: int = 0  # flat columns: codes are dense in [0, cardinality)
+    constant: bool = False  # one value in every row (``codes`` may be a broadcast)
 
 
-def _nested_chunk(chunk: pa.Array, coders: tuple[_Coder, _Coder]) -> Encoded:
+def _nested_chunk(chunk: pa.Array, coders: tuple[_Coder, _Coder]
+                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """Key codes (maps only), value codes, offsets and validity of one list/map chunk."""
     # Offsets of a (sliced) list/map array point into its whole child array.
     absolute = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
     start, stop = int(absolute[0]), int(absolute[-1])
-    offsets = absolute - start
-    lengths = np.diff(offsets)
-
-    def child(arr: pa.Array) -> np.ndarray:
-        return _flat_codes(arr.slice(start, stop - start), coders[1])
-
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False)
     if pa.types.is_map(chunk.type):
         keys = _flat_codes(chunk.keys.slice(start, stop - start), coders[0])
-        entries = (keys << np.uint64(32)) | child(chunk.items)
+        values = _flat_codes(chunk.items.slice(start, stop - start), coders[1])
+        return keys, values, absolute - start, valid
+    return None, _flat_codes(chunk.values.slice(start, stop - start), coders[1]), \
+        absolute - start, valid
+
+
+def _fingerprinted(enc: Encoded) -> Encoded:
+    """``enc`` with an order-insensitive 64-bit fingerprint of its entries per row."""
+    assert enc.entries is not None and enc.offsets is not None and enc.valid is not None
+    codes = np.zeros(len(enc.valid), dtype=np.uint64)
+    nonempty = np.diff(enc.offsets) > 0
+    if len(enc.entries):
+        codes[nonempty] = np.add.reduceat(mix(enc.entries + _GOLDEN),
+                                          enc.offsets[:-1][nonempty])
+    codes[~enc.valid] = _NULL_ROW
+    return Encoded(codes, enc.entries, enc.offsets, enc.valid)
+
+
+def _nested(chunks: Sequence[pa.Array], t: pa.DataType) -> Encoded:
+    exact = _exact_map(chunks) if pa.types.is_map(t) else None
+    if exact is not None:
+        return exact
+    coders = (_Coder(), _Coder())
+    parts = [_nested_chunk(c, coders) for c in chunks] or [_nested_chunk(
+        pa.array([], type=t), coders)]
+    shifts = np.cumsum([0] + [len(p[1]) for p in parts[:-1]])
+    offsets = np.concatenate([parts[0][2][:1]] + [
+        p[2][1:] + s for p, s in zip(parts, shifts, strict=True)])
+    valid = np.concatenate([p[3] for p in parts])
+    if pa.types.is_map(t):
+        keys = [p[0] for p in parts if p[0] is not None]
+        entries = np.concatenate([(k << np.uint64(32)) | p[1]
+                                  for k, p in zip(keys, parts, strict=True)])
     else:
-        entries = child(chunk.values)
-    valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-    codes = np.zeros(len(chunk), dtype=np.uint64)
-    nonempty = lengths > 0
-    if len(entries):
-        codes[nonempty] = np.add.reduceat(mix(entries + _GOLDEN), offsets[:-1][nonempty])
-    codes[~valid] = _NULL_ROW
-    return Encoded(codes, entries, offsets, valid)
+        entries = np.concatenate([p[1] for p in parts])
+    return _fingerprinted(Encoded(np.zeros(0, dtype=np.uint64), entries, offsets, valid))
 
 
 def encode(column: pa.ChunkedArray | pa.Array) -> Encoded:
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     t = column.type
     if pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-        coders = (_Coder(), _Coder())
-        parts = [_nested_chunk(c, coders) for c in chunks] or [_nested_chunk(
-            pa.array([], type=t), coders)]
-        entries = [p.entries for p in parts if p.entries is not None]
-        offsets = [p.offsets for p in parts if p.offsets is not None]
-        shifts = np.cumsum([0] + [len(e) for e in entries[:-1]])
-        return Encoded(
-            codes=np.concatenate([p.codes for p in parts]),
-            entries=np.concatenate(entries),
-            offsets=np.concatenate([offsets[0][:1]] + [
-                o[1:] + s for o, s in zip(offsets, shifts, strict=True)]),
-            valid=np.concatenate([p.valid for p in parts if p.valid is not None]),
-        )
+        return _nested(chunks, t)
     coder = _Coder()
+    constant = _constant(chunks, coder)
+    if constant is not None:
+        return constant
     codes = [_flat_codes(c, coder) for c in chunks]
     return Encoded(np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint64),
                    cardinality=len(coder.codes))
+
+
+def _constant(chunks: Sequence[pa.Array], coder: _Coder) -> Encoded | None:
+    """Codes of a column that holds one value throughout (all null, or one dictionary value
+    and no null) as a read-only broadcast, without a pass over the rows; else ``None``."""
+    n = sum(len(c) for c in chunks)
+    if all(c.null_count == len(c) for c in chunks):
+        return Encoded(np.broadcast_to(np.uint64(0), (n,)), cardinality=1, constant=True)
+    if not all(pa.types.is_dictionary(c.type) and c.null_count == 0 for c in chunks):
+        return None
+    for c in chunks:
+        coder.of_dictionary(c.dictionary)
+        if len(coder.codes) > 2:
+            return None
+    return Encoded(np.broadcast_to(np.uint64(1), (n,)), cardinality=2, constant=True)
+
+
+def _exact_map(chunks: Sequence[pa.Array]) -> Encoded | None:
+    """Flat exact codes for a map column when they fit one word, else ``None``.
+
+    A map is a set of (key, value) entries with distinct keys, so it is exactly the digit
+    string "value (or absent) per key": with ``r_k`` = distinct values seen under key ``k``
+    plus one, a row is ``1 + sum((rank(v_k) + 1) * prod(r_j for j < k))`` — order-insensitive
+    without sorting, one add per entry. Null is 0, ``{}`` is 1. The sum also carries one bit
+    per key below the digits, so a repeated key in a row (Arrow does not forbid it) shows as
+    a carry; such rows, or a product past 2**63, keep the hashed, verified path. Works chunk
+    by chunk on the dictionary indices, so temporaries stay small.
+    """
+    coders = (_Coder(), _Coder())
+    parts = [_map_children(c) for c in chunks]
+    luts = [(coders[0].of_dictionary(k.dictionary), coders[1].of_dictionary(v.dictionary))
+            for k, v, _, _ in parts]
+    n_keys, n_values = len(coders[0].codes), len(coders[1].codes)
+    if n_keys * n_values > 1 << 24 or n_keys > 40:
+        return None
+    luts = [((k * np.uint64(n_values)).astype(np.uint32), v.astype(np.uint32)) for k, v in luts]
+
+    pairs = [_lookup(k, kl) + _lookup(v, vl) for (k, v, _, _), (kl, vl) in zip(parts, luts,
+                                                                                 strict=True)]
+    # Digits only for the (key, value) pairs that occur keep the codes tight, and with them
+    # the words factorize packs them into.
+    present = np.zeros(n_keys * n_values, dtype=np.uint64)
+    for pair in pairs:
+        present[pair] = 1
+    table = present.reshape(n_keys, n_values)
+    radix = table.sum(axis=1) + np.uint64(1)
+    cardinality = math.prod(int(r) for r in radix) + 1
+    if cardinality << n_keys >= 1 << 63:
+        return None
+    place = np.concatenate([[1], np.cumprod(radix[:-1])]).astype(np.uint64)
+    rank = np.cumsum(table, axis=1, dtype=np.uint64)  # rank(v) + 1 where present
+    bit = np.left_shift(np.uint64(1), np.arange(n_keys, dtype=np.uint64))
+    lut = (((rank * place[:, None]) << np.uint64(n_keys)) | bit[:, None]).reshape(-1)
+    out = []
+    for i, (_, _, offsets, valid) in enumerate(parts):
+        lengths = np.diff(offsets)
+        nonempty = lengths > 0
+        codes = np.ones(len(valid), dtype=np.uint64)
+        if offsets[-1] > 0:
+            sums = _row_sums(lut[pairs[i]], offsets, lengths, nonempty)
+            seen = np.bitwise_count(sums & np.uint64((1 << n_keys) - 1))
+            if not np.array_equal(seen, lengths[nonempty]):
+                return None  # a repeated key within a row
+            codes[nonempty] += sums >> np.uint64(n_keys)
+        codes[~valid] = 0
+        out.append(codes)
+    return Encoded(np.concatenate(out) if out else np.zeros(0, dtype=np.uint64),
+                   cardinality=cardinality)
+
+
+def _map_children(chunk: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
+    """A map chunk's keys and items (dictionary-encoded), offsets from 0, and validity."""
+    absolute = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    start, stop = int(absolute[0]), int(absolute[-1])
+    children = [c.slice(start, stop - start) for c in (chunk.keys, chunk.items)]
+    keys, items = [c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
+                   for c in children]
+    return keys, items, absolute - start, chunk.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _lookup(arr: pa.DictionaryArray, lut: np.ndarray) -> np.ndarray:
+    """``lut[index]`` per element, 0 (null's code) where null."""
+    if arr.null_count == len(arr):
+        return np.zeros(len(arr), dtype=lut.dtype)
+    if arr.null_count:
+        codes = lut[pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)]
+        codes[~arr.is_valid().to_numpy(zero_copy_only=False)] = 0
+        return codes  # type: ignore[no-any-return]
+    return lut[arr.indices.to_numpy(zero_copy_only=False)]  # type: ignore[no-any-return]
+
+
+def _row_sums(entries: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+              nonempty: np.ndarray) -> np.ndarray:
+    """Per non-empty row, the sum of its entries (strided adds when all rows are as long)."""
+    width = int(lengths[0])
+    if width and offsets[0] == 0 and lengths.min() == lengths.max():
+        total = entries[0::width].copy()
+        for j in range(1, width):
+            total += entries[j::width]
+        return total
+    return np.add.reduceat(entries, offsets[:-1][nonempty])
 
 
 def same_rows(enc: Encoded, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -160,13 +281,12 @@ def same_rows(enc: Encoded, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _group(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Group ids per row and the first row of each group, by one hash aggregation."""
-    groups = pl.DataFrame({"h": h}).with_row_index("row").group_by("h").agg(pl.col("row"))
-    rows = groups["row"]
-    gid = np.empty(len(h), dtype=np.int64)
-    gid[rows.explode().to_numpy()] = np.repeat(np.arange(len(groups)),
-                                               rows.list.len().to_numpy())
-    return gid, rows.list.first().to_numpy().astype(np.int64)
+    """Group ids per row (by first appearance) and a row of each group, by one hash pass."""
+    encoded = pc.dictionary_encode(pa.array(h))
+    gid = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    reps = np.empty(len(encoded.dictionary), dtype=np.int64)
+    reps[gid] = np.arange(len(h), dtype=np.int64)  # any row of a group represents it
+    return gid, reps
 
 
 def _canonical(enc: Encoded) -> np.ndarray:
@@ -188,36 +308,70 @@ def _sorted_entries(enc: Encoded) -> Encoded:
     return Encoded(enc.codes, enc.entries[order], enc.offsets, enc.valid)
 
 
-def _packed(columns: Sequence[Encoded]) -> list[Encoded]:
-    """Flat columns packed exactly into as few uint64 words as their cardinalities allow
-    (mixed radix: word = c0 + k0 * (c1 + k1 * (c2 + ...))); nested columns unchanged."""
-    words: list[Encoded] = []
+def _dense(word: np.ndarray, radix: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(group id per row, a row per group)`` of an exact word with values below ``radix``:
+    by a presence table when it is small, else by one hash aggregation."""
+    n = len(word)
+    if radix > 2 * n + (1 << 16):
+        return _group(word)
+    present = np.zeros(radix, dtype=np.bool_)
+    present[word] = True
+    ids = np.cumsum(present, dtype=np.int32 if radix < 1 << 31 else np.int64)
+    gid = ids[word].astype(np.int64) - 1
+    reps = np.empty(int(ids[-1]) if radix else 0, dtype=np.int64)
+    reps[gid] = np.arange(n, dtype=np.int64)  # any row of a group represents it
+    return gid, reps
+
+
+def _renumbered(codes: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
+    """``codes`` below ``radix`` renumbered densely, and how many distinct there are."""
+    present = np.zeros(radix, dtype=np.bool_)
+    present[codes] = True
+    ids = np.cumsum(present, dtype=np.uint64)
+    return ids[codes] - np.uint64(1), int(ids[-1])
+
+
+def _cardinality(enc: Encoded) -> int:
+    return enc.cardinality or (int(enc.codes.max()) + 1 if len(enc.codes) else 1)
+
+
+def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Group the flat columns exactly: pack codes in mixed radix (word = c0 + k0 * (c1 +
+    ...)) and, when the next column would overflow the word, renumber the word densely by
+    its groups first. ``None`` when no flat column varies."""
     word: np.ndarray | None = None
     radix = 1
     for enc in columns:
-        if enc.entries is not None or (len(enc.codes) and enc.codes.min() == enc.codes.max()):
+        if enc.entries is not None or enc.constant or _cardinality(enc) == 1:
             continue  # nested columns are verified apart; a constant column decides nothing
-        k = max(enc.cardinality, 1)
-        if word is None or radix * k >= 1 << 63:
-            if word is not None:
-                words.append(Encoded(word, cardinality=radix))
-            word, radix = enc.codes.astype(np.uint64), k
+        codes, k = enc.codes, _cardinality(enc)
+        if 1 << 12 < k <= 2 * len(codes) + (1 << 16):
+            codes, k = _renumbered(codes, k)  # sparse codes (label maps): make them dense
+        if word is not None and radix * k >= 1 << 63:
+            gid, reps = _dense(word, radix)
+            word, radix = gid.astype(np.uint64), len(reps)
+            if radix * k >= 1 << 63:
+                gid, reps = _dense(codes, k)
+                codes, k = gid.astype(np.uint64), len(reps)
+        if word is None:
+            word, radix = codes.astype(np.uint64), k  # a copy: added to in place below
         else:
-            word = word + enc.codes * np.uint64(radix)
+            word += codes * np.uint64(radix)
             radix *= k
-    if word is not None:
-        words.append(Encoded(word, cardinality=radix))
-    return words + [enc for enc in columns if enc.entries is not None]
+    return None if word is None else _dense(word, radix)
 
 
 def factorize(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
     """``(group id per row, representative row per group)``, exact on every column."""
     n = len(columns[0].codes)
-    columns = _packed(columns)
-    if not columns:
-        return np.zeros(n, dtype=np.int64), np.zeros(min(n, 1), dtype=np.int64)
-    if len(columns) == 1 and columns[0].entries is None:
-        return _group(columns[0].codes)  # one exact word: grouping on it is exact
+    flat = _packed(columns)
+    nested = [enc for enc in columns if enc.entries is not None]
+    if not nested:
+        if flat is None:
+            return np.zeros(n, dtype=np.int64), np.zeros(min(n, 1), dtype=np.int64)
+        return flat  # one exact word: grouping on it is exact
+    columns = nested if flat is None else [
+        Encoded(flat[0].astype(np.uint64), cardinality=len(flat[1])), *nested]
     h = np.zeros(n, dtype=np.uint64)
     for enc in columns:
         h = mix(h ^ enc.codes) + _GOLDEN

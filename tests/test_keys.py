@@ -65,3 +65,26 @@ def test_constant_and_empty_columns() -> None:
     assert groups(pa.array(["x", "x"]), pa.array([None, None], type=pa.string())) == [0, 0]
     gid, reps = factorize([encode(pa.array([], type=pa.string()))])
     assert len(gid) == 0 and len(reps) == 0
+
+
+def test_maps_with_many_keys_and_values_stay_exact() -> None:
+    """Too many keys x values for a digit per value: digits for the pairs that occur."""
+    rows = [{f"k{j}": f"v{j}-{i % 2}" for j in range(20)} for i in range(4)]
+    rows.append(dict(reversed(list(rows[0].items()))))
+    rows.append({**rows[1], "k3": "v3-0"})
+    assert groups(pa.array(rows, type=LABELS)) == [0, 1, 0, 1, 0, 2]
+
+
+def test_a_repeated_key_is_not_the_same_map() -> None:
+    col = pa.array([[("a", "1"), ("a", "1")], [("a", "1")], [("a", "1"), ("a", "1")],
+                    [("a", "2")]], type=LABELS)
+    assert groups(col) == [0, 1, 0, 2]
+
+
+def test_dictionary_map_leaves_with_null_values() -> None:
+    keys = pa.array(["a", "b", "a"]).dictionary_encode()
+    items = pa.array(["1", None, None]).dictionary_encode()
+    col = pa.MapArray.from_arrays(pa.array([0, 2, 3]), keys, items)
+    assert groups(pa.chunked_array([col, col.slice(1)])) == [0, 1, 1]
+    plain = pa.array([{"a": None}, {"a": "1", "b": None}, {"a": None}], type=LABELS)
+    assert groups(plain) == [0, 1, 0]
