@@ -4,7 +4,8 @@ Generates a cluster (namespaces, workloads with app/team/fw-zone labels), a tier
 of the requested size (GlobalNetworkPolicies in a security tier with Pass, namespace
 NetworkPolicies allowing named peers on ports, Kubernetes NetworkPolicies), and flow-log
 rows aggregated per replica-set prefix (level 2) with realistic key cardinality; then times,
-in one process run and on one core (POLARS_MAX_THREADS=1):
+in one process run on the 2-core VM (the batch evaluator encodes key columns on two threads;
+the per-row reference path is single-threaded Python):
 
 * tierflow's batch evaluator over the whole table, and
 * the per-row reference path (``Evaluator.evaluate`` for each row, what a user scripting a
