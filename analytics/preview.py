@@ -84,11 +84,13 @@ class Preview:
         return out
 
     def allow_to_deny(self) -> int:
-        """Flows observed allowed that would be denied, or might be (uncertain)."""
-        t = self.totals()
-        return t["allow-to-deny"]["flows"] + sum(
-            1 for r in self.flows.filter(pc.equal(self.flows["change"], "uncertain"))
-            .select(["before"]).to_pylist() if r["before"] == "allow")
+        """Flows that were allowed — as recorded, or before the change — and would be
+        denied, or might be (uncertain): what ``--fail-on allow-to-deny`` gates on."""
+        rows = self.changed().select(["change", "recorded_action", "before", "after"])
+        return sum(1 for r in rows.to_pylist()
+                   if r["change"] == "allow-to-deny"
+                   or (r["after"] in ("deny", "uncertain")
+                       and "allow" in (r["recorded_action"], r["before"])))
 
 
 def evaluation_input(con: duckdb.DuckDBPyConnection, window: Window,
@@ -358,13 +360,21 @@ def _visible(table: pa.Table) -> pa.Table:
 
 def reevaluate(table: pa.Table, policy_set: PolicySet,
                inventory: Inventory | None = None) -> pa.Table:
-    """``table`` (:func:`evaluation_input`) with ``pending_policies`` re-evaluated under
-    ``policy_set`` — staged policies as enforced — and the recorded verdict and enforced
-    trace kept: the records as if the staged policies had existed when they were logged."""
+    """``table`` (:func:`evaluation_input`) as if the staged policies of ``policy_set`` had
+    existed when it was logged: the recorded verdict, enforced trace and the recorded pending
+    hits of enforced policies are kept (so enforced policies' counters stay what was
+    recorded), and the staged policies' hits come from a re-evaluation with them as
+    enforced."""
     inventory = inventory or Inventory()
-    result = _batch(policy_set, inventory).evaluate(table) if table.num_rows else None
-    pending = (result.pending_policies() if result is not None
-               else pa.array([], pa.list_(pa.string())))
+    if not table.num_rows:
+        pending = pa.array([], pa.list_(pa.string()))
+    else:
+        result = _batch(policy_set, inventory).evaluate(table)
+        fresh = [[h for h in trace if _staged_hit(h)] for trace in result.pending]
+        recorded = table["recorded_pending"].to_pylist()
+        pending = pa.array([[h for h in (old or []) if not _staged_hit(h)] + fresh[t]
+                            for old, t in zip(recorded, result.trace_id.tolist(),
+                                              strict=True)], pa.list_(pa.string()))
     return pa.table({
         "reporter": pc.cast(table["reporter"], pa.string()),
         "enforced_policies": table["recorded_policies"],
@@ -374,6 +384,12 @@ def reevaluate(table: pa.Table, policy_set: PolicySet,
         "num_flows": table["connections"],
         "start_time": table["first_seen"], "end_time": table["last_seen"],
     })
+
+
+def _staged_hit(hit: str) -> bool:
+    """Whether a policy-hit string names a staged policy (``staged:`` before its name, in
+    every hit format: reference/calico.md §1.4)."""
+    return "staged:" in hit
 
 
 def totals_line(p: Preview) -> str:

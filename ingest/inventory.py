@@ -103,7 +103,27 @@ class Inventory:
                          {**self.created, **other.created})
 
     def endpoint(self, identity: str) -> Endpoint | None:
-        return self._by_name.get(identity)
+        """The pod ``namespace/name``; for an aggregated name (``namespace/prefix-*``, as
+        flow logs write a replica set's pods), one pod of that prefix when all of them agree
+        on what policies read beyond labels (service account and its labels, named ports):
+        pods of one pod template always do. None when they differ, or none is known."""
+        found = self._by_name.get(identity)
+        if found is not None or not identity.endswith("*"):
+            return found
+        return self._by_prefix.get(identity)
+
+    @cached_property
+    def _by_prefix(self) -> dict[str, Endpoint | None]:
+        groups: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints:
+            if e.generate_name:
+                groups.setdefault(f"{e.namespace}/{e.generate_name}*", []).append(e)
+        out: dict[str, Endpoint | None] = {}
+        for key, pods in groups.items():
+            facts = {(p.service_account, p.service_account_labels, p.named_ports)
+                     for p in pods}
+            out[key] = pods[0] if len(facts) == 1 else None
+        return out
 
     def endpoint_for_ip(self, ip: IpAddress) -> Endpoint | None:
         return self._by_ip.get(ip)

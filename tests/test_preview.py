@@ -359,3 +359,46 @@ spec:
     again = preview(connect(store), WINDOW, current, apply_changes(current, changes))
     assert (again.impacted, [r["change"] for r in again.flows.to_pylist()]) == (
         1, ["unchanged"])
+
+
+def test_aggregated_records_read_named_ports_of_their_pods(storefront: Path,
+                                                           tmp_path: Path) -> None:
+    """A record names a replica set's pods (``backend-5f8d7c6b9f-*``); the pods of one
+    template share named ports and service account, so a rule on the named port ``http``
+    decides the aggregated records as it decides the pods' own."""
+    docs = list(yaml.safe_load_all((STOREFRONT / "policies" / "40-storefront-zones.yaml")
+                                   .read_text()))
+    [restricted] = [d for d in docs if d["metadata"]["name"] == "default.restricted"]
+    restricted["spec"]["ingress"] = restricted["spec"]["ingress"][1:]  # trusted -> http gone
+    change = tmp_path / "restricted.yaml"
+    change.write_text(yaml.safe_dump(restricted))
+    r = preview_cli(storefront, "--change", str(change), "--only-changed", "--output", "json")
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    to_backend = [x for x in rows if x["dest_name_aggr"].startswith("backend-")
+                  and x["source_name_aggr"].startswith("microservice2-")]
+    # Every connection microservice2 made to the backend's http port, aggregated or not.
+    assert [(x["change"], x["connections"]) for x in to_backend] == [("allow-to-deny", 6)]
+
+
+def test_fail_on_counts_allowed_flows_whose_before_is_uncertain(storefront: Path,
+                                                                tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((STOREFRONT / "policies" / "40-storefront-zones.yaml")
+                                   .read_text()))
+    [dmz] = [d for d in docs if d["metadata"]["name"] == "default.dmz"]
+    dmz["spec"]["ingress"] = [{"action": "Deny"}]
+    change = tmp_path / "dmz.yaml"
+    change.write_text(yaml.safe_dump(dmz))
+    r = preview_cli(storefront, "--change", str(change), "--only-changed",
+                    "--fail-on", "allow-to-deny")
+    # One definite, and two recorded allowed whose nets rule the records cannot decide.
+    assert r.exit_code == 1
+    assert "3 allowed flow(s) would be denied or might be (uncertain)" in r.stderr
+
+
+def test_preview_refuses_a_directory_that_is_not_a_store(tmp_path: Path,
+                                                         storefront: Path) -> None:
+    r = preview_cli(tmp_path, "--delete", "NetworkPolicy/storefront/default.dmz")
+    assert r.exit_code == 2 and "not a tierflow store" in r.output
+    r = preview_cli(storefront, "--delete", "NetworkPolicy/storefront/default.dmz",
+                    "--report", str(tmp_path / "missing" / "r.html"))
+    assert r.exit_code == 2 and "missing/r.html: its directory does not exist" in r.output

@@ -195,7 +195,11 @@ def test_promote_replaces_the_enforced_policy_in_place_keeping_comments(
     assert restricted[0]["spec"]["egress"][0]["destination"]["selector"] == "app == 'logging'"
     staged = list(yaml.safe_load_all((policies / "50-staged.yaml").read_text()))
     assert [d["metadata"]["name"] for d in staged if d] == ["default-deny"]
-    assert "# Default deny for the dev namespaces" in (policies / "50-staged.yaml").read_text()
+    staged_text = (policies / "50-staged.yaml").read_text()
+    assert "# Default deny for the dev namespaces" in staged_text
+    # The file's header stays; the removed document's own comments go with it.
+    assert staged_text.startswith("# Proposed changes, staged:")
+    assert "# A tighter restricted zone" not in staged_text
 
 
 def test_staged_delete_removes_the_enforced_policy(policies: Path) -> None:
@@ -307,3 +311,11 @@ def test_stats_staged_shows_a_staged_policy_newer_than_the_records(policies: Pat
     assert staged["staged"] and staged["kind"] == "StagedNetworkPolicy"
     assert staged["denied_connections_out"] == 3 and not staged["unused"]
     assert staged["allowed_connections_out"] == 0
+
+    def enforced(*extra: str) -> list[dict[str, Any]]:
+        r = invoke("stats", "--store", store, "--policies", policies, "--inventory",
+                   STOREFRONT / "inventory.json", "--output", "json", *extra)
+        return [x for x in map(json.loads, r.stdout.splitlines()) if not x["staged"]]
+
+    # The enforced policies' counters are the recorded ones either way.
+    assert enforced("--staged") == enforced()

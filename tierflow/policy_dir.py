@@ -88,7 +88,9 @@ class _File:
         parts = []
         for i, c in enumerate(self.chunks):
             if c.data is None and c.dirty:
-                continue  # removed
+                if i == 0:  # removed; the file's header comments stay
+                    parts.append(_header(c.text))
+                continue
             if c.dirty:
                 parts.append(("---\n" if i else "") + _comments(c.text)
                              + yaml.safe_dump(c.data, sort_keys=False))
@@ -253,6 +255,17 @@ def _comments(text: str) -> str:
         else:
             break
     return "".join(kept)
+
+
+def _header(text: str) -> str:
+    """The file's header in the leading comments of its first document: the comment lines
+    before the first empty line or bare ``#`` (the rest describe the document itself); none
+    when nothing separates them."""
+    lines = _comments(text).splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        if line.strip() in ("", "#"):
+            return "".join(lines[:n])
+    return ""
 
 
 def _cut(text: str) -> list[str]:

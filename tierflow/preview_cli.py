@@ -15,6 +15,7 @@ from analytics.db import connect
 from analytics.preview import CHANGES, Preview, preview, totals_line
 from analytics.report import column, html_table, render_report
 from analytics.window import Window
+from ingest.store import Store
 from policy.changes import Change, apply_changes
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies, read_policy_documents
@@ -63,6 +64,12 @@ def preview_command(store: str, policies: tuple[str, ...], inventories: tuple[st
     (uncertain), with both traces and the connections, packets and bytes affected."""
     if not change_files and not deletes:
         raise click.UsageError("give --change FILE or --delete KIND/[NS/]NAME")
+    if report_file and not Path(report_file).resolve().parent.is_dir():
+        raise click.UsageError(f"--report {report_file}: its directory does not exist")
+    st = Store(store)
+    if not (st.flows.is_dir() or st.state.is_dir()):
+        raise click.UsageError(f"--store {store}: not a tierflow store (no flows/ or _state/ "
+                               "in it; give the directory that tierflow ingest --store wrote)")
     changes = [Change.put(d) for d in read_policy_documents(change_files)]
     changes += [Change.delete(t) for t in deletes]
     current = load_policies(policies)
@@ -77,6 +84,9 @@ def preview_command(store: str, policies: tuple[str, ...], inventories: tuple[st
         shown = shown.select(list(_TABLE_COLUMNS))
     emit(shown, output)
     click.echo(totals_line(result), err=True)
+    if not result.records and fail_on:
+        click.echo("tierflow: warning: no record in the window: --fail-on checked nothing",
+                   err=True)
     if report_file:
         write_report(con, window, result, report_file, store, change_files, deletes)
     if fail_on == "any" and result.changed().num_rows:
