@@ -225,8 +225,7 @@ def _impacted(table: pa.Table, batch: BatchEvaluator, changed: Changed) -> np.nd
     if not compiled or table.num_rows == 0:
         return np.zeros(table.num_rows, dtype=bool)
     out = np.zeros(table.num_rows, dtype=bool)
-    is_dst = np.array([str(r).startswith("dst") for r in
-                       table["reporter"].to_pylist()], dtype=bool)
+    is_dst = ~_is_src(table)
     for side, direction, mask in (("source", Direction.EGRESS, ~is_dst),
                                   ("dest", Direction.INGRESS, is_dst)):
         rows = np.flatnonzero(mask)
@@ -258,23 +257,25 @@ def _dropped_at_source(table: pa.Table, state: _State) -> np.ndarray:
         return found
     cols = [c for c in KEY_COLUMNS if c not in ("reporter", "source_port")]
     gid, _ = keycodes.factorize([keycodes.encode(table[c]) for c in cols])
-    source_of = {int(gid[i]): i for i in np.flatnonzero(flipped).tolist()}
-    for i in np.flatnonzero(~is_src).tolist():
-        j = source_of.get(int(gid[i]))
-        if j is not None:
-            found[i] = True
-            if state.before[i]:  # evaluated: mark it
-                state.after[i] = "deny"
-                state.after_trace[i] = state.after_of(j)
-                state.after_outcome[i] = None
-                state.note[i] = ("denied at the source: its egress now denies, so there "
-                                 "would be no destination record")
+    # Per key group, the flipped source record (any one: they share the group's key).
+    source_of = np.full(int(gid.max()) + 1, -1, dtype=np.int64)
+    flipped_rows = np.flatnonzero(flipped)
+    source_of[gid[flipped_rows]] = flipped_rows
+    partner = np.where(is_src, -1, source_of[gid])
+    found = partner >= 0
+    for i in np.flatnonzero(found & (state.before != "")).tolist():  # evaluated: mark
+        j = int(partner[i])
+        state.after[i] = "deny"
+        state.after_trace[i] = state.after_of(j)
+        state.after_outcome[i] = None
+        state.note[i] = ("denied at the source: its egress now denies, so there would be "
+                         "no destination record")
     return found
 
 
 def _is_src(table: pa.Table) -> np.ndarray:
-    return np.array([str(r).startswith("src") for r in table["reporter"].to_pylist()],
-                    dtype=bool)
+    starts = pc.starts_with(pc.cast(table["reporter"], pa.string()), "src")  # and src,fwd
+    return pc.fill_null(starts, False).to_numpy(zero_copy_only=False)
 
 
 def _synthesise(table: pa.Table, idx: np.ndarray, state: _State,
@@ -284,7 +285,8 @@ def _synthesise(table: pa.Table, idx: np.ndarray, state: _State,
     if not idx.size:
         return None
     after = state.after_action()
-    to_wep = np.array([t == "wep" for t in table["dest_type"].to_pylist()], dtype=bool)
+    to_wep = pc.fill_null(pc.equal(pc.cast(table["dest_type"], pa.string()), "wep"),
+                          False).to_numpy(zero_copy_only=False)
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[idx] = True
     chosen = np.flatnonzero(mask & _is_src(table) & to_wep & (state.before == "deny")
