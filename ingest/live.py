@@ -220,7 +220,12 @@ class FrameSniffer:
                     raw = _any_interface(bpf)
                     self.sockets.append((raw, _LINKTYPE_RAW, raw))
                 else:
-                    owner = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
+                    try:
+                        owner = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
+                    except (OSError, ValueError, RuntimeError) as e:  # scapy's exceptions
+                        raise ValueError(f"--iface {iface}: cannot sniff on it ({e}); give "
+                                         "an interface of the node (ip link) or 'any'"
+                                         ) from e
                     _big_buffer(owner.ins)  # scapy's is 64 KiB: a burst of DNS fills it
                     self.sockets.append((owner.ins, _LINKTYPE_ETHERNET, owner))
         self.max_frames = max_frames
