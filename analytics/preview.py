@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import duckdb
@@ -38,7 +39,7 @@ import pyarrow.compute as pc
 from analytics.db import query, sql_text
 from analytics.window import Window
 from ingest.inventory import Inventory
-from policy import Evaluator, PolicySet
+from policy import Evaluator, HitSyntaxError, PolicySet, parse_hit
 from policy import keys as keycodes
 from policy.batch import KEY_COLUMNS, BatchEvaluator
 from policy.changes import AppliedChange, Changed
@@ -388,10 +389,14 @@ def reevaluate(table: pa.Table, policy_set: PolicySet,
     })
 
 
+@lru_cache(maxsize=65536)
 def _staged_hit(hit: str) -> bool:
-    """Whether a policy-hit string names a staged policy (``staged:`` before its name, in
-    every hit format: reference/calico.md §1.4)."""
-    return "staged:" in hit
+    """Whether a policy-hit string names a staged policy, in any of Calico's hit formats
+    (:func:`policy.parse_hit`); a hit it cannot read is not taken for a staged one."""
+    try:
+        return parse_hit(hit).staged
+    except HitSyntaxError:
+        return False
 
 
 def totals_line(p: Preview) -> str:
