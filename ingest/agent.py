@@ -153,6 +153,8 @@ class Agent:
 
     def flush(self, start: float, end: float, final: bool = False) -> int:
         """Build and commit the records of [start, end); returns how many were written."""
+        if self.conntrack is not None:
+            self.conntrack.poll()  # events queued before the boundary belong to this interval
         self._drain_frames()
         start_us, end_us = int(start * 1_000_000), int(end * 1_000_000)
         if self.conntrack is not None:
