@@ -14,7 +14,8 @@ representative on the exact entries; a fingerprint collision, or entries in anot
 can only cost the slower exact path, never merge rows that differ.
 
 Data read from Parquet with ``read_dictionary`` on string leaves (as the store reads it) needs
-no string hashing at all; plain strings are dictionary-encoded here (the dominant cost).
+no string hashing per row, only of each distinct dictionary's values; plain strings are
+dictionary-encoded here (the dominant cost).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -170,82 +172,279 @@ def _exact_map(chunks: Sequence[pa.Array]) -> Encoded | None:
     plus one, a row is ``1 + sum((rank(v_k) + 1) * prod(r_j for j < k))`` — order-insensitive
     without sorting, one add per entry. Null is 0, ``{}`` is 1. The sum also carries one bit
     per key below the digits, so a repeated key in a row (Arrow does not forbid it) shows as
-    a carry; such rows, or a product past 2**63, keep the hashed, verified path. Works chunk
-    by chunk on the dictionary indices, so temporaries stay small.
+    a carry; such rows, or a product past 2**63, keep the hashed, verified path.
+
+    Works on the dictionary indices, never on per-entry global codes, in blocks of rows
+    small enough for the cache: an entry's chunk-local pair ``key index * (values in the
+    chunk's value dictionary + 1) + value index`` is one multiply-add, and its digit one
+    gather through a small table of the chunk's pairs; rows are summed by strided adds when
+    all are as long (dictionaries much larger than their chunks use global pairs instead).
+    Digits go only to the pairs that occur, which a first pass counts (``bincount`` on the
+    local pairs). Chunks sharing their dictionaries (as chunks read from one Parquet row
+    group do) are at first counted on their first chunk only: a pair that chunk lacks has a
+    0 digit, which fails the check like a repeated key, and only then are all chunks counted
+    and coded again. Codes are 32-bit when they fit.
     """
-    coders = (_Coder(), _Coder())
     parts = [_map_children(c) for c in chunks]
-    luts = [(coders[0].of_dictionary(k.dictionary), coders[1].of_dictionary(v.dictionary))
-            for k, v, _, _ in parts]
-    n_keys, n_values = len(coders[0].codes), len(coders[1].codes)
+    keys, n_keys = _dictionary_codes([p[0].dictionary for p in parts])
+    values, n_values = _dictionary_codes([p[1].dictionary for p in parts])
     if n_keys * n_values > 1 << 24 or n_keys > 40:
         return None
-    luts = [((k * np.uint64(n_values)).astype(np.uint32), v.astype(np.uint32)) for k, v in luts]
+    groups: dict[tuple[int, int], _Pairs] = {}
+    for (_, _, offsets, _), kd, vd in zip(parts, keys, values, strict=True):
+        group = groups.setdefault((kd[0], vd[0]), _Pairs(kd[1], vd[1], n_values))
+        group.entries += int(offsets[-1] - offsets[0])
+    chunk_groups = [groups[kd[0], vd[0]] for kd, vd in zip(keys, values, strict=True)]
+    buffer = np.empty(max((_block_entries(p[2]) for p in parts), default=0), dtype=np.int32)
+    present = np.zeros(n_keys * n_values, dtype=np.bool_)
 
-    pairs = [_lookup(k, kl) + _lookup(v, vl) for (k, v, _, _), (kl, vl) in zip(parts, luts,
-                                                                                 strict=True)]
+    def count(chunks: Sequence[int]) -> None:
+        for i in chunks:
+            k, v, offsets, _ = parts[i]
+            group = chunk_groups[i]
+            ki, vi = group.indices(k, v)
+            for _, _, a, b in _blocks(offsets):
+                group.count(group.pairs(ki[a:b], vi[a:b], buffer), present)
+        for group in groups.values():
+            group.mark(present)
+
+    # Count the pairs of one chunk per pair of dictionaries only: chunks sharing those
+    # mostly hold the same pairs. Pairs not counted have no digit, so a row holding one
+    # fails the check like a repeated key; only then are the other chunks counted too, and
+    # all coded again.
+    first: dict[int, int] = {}
+    rest = []
+    for i, (_, _, offsets, _) in enumerate(parts):
+        if offsets[-1] > offsets[0]:
+            if id(chunk_groups[i]) in first:
+                rest.append(i)
+            else:
+                first[id(chunk_groups[i])] = i
+    count(list(first.values()))
+    for speculative in (bool(rest), False):
+        digits = _digits(present.reshape(n_keys, n_values))
+        if digits is None:
+            return None
+        codes = _map_codes(parts, chunk_groups, groups, digits, buffer)
+        if codes is not None or not speculative:
+            return codes
+        count(rest)
+    raise AssertionError("unreachable")
+
+
+def _digits(table: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """``(digit per (key, value) pair, cardinality, bits)`` for the pairs ``table`` marks as
+    present (a 0 digit elsewhere), or ``None`` when the codes would not fit 63 bits."""
     # Digits only for the (key, value) pairs that occur keep the codes tight, and with them
     # the words factorize packs them into.
-    present = np.zeros(n_keys * n_values, dtype=np.uint64)
-    for pair in pairs:
-        present[pair] = 1
-    table = present.reshape(n_keys, n_values)
-    radix = table.sum(axis=1) + np.uint64(1)
+    n_keys = table.shape[0]
+    radix = table.sum(axis=1, dtype=np.uint64) + np.uint64(1)
     cardinality = math.prod(int(r) for r in radix) + 1
     if cardinality << n_keys >= 1 << 63:
         return None
+    dtype = np.uint32 if cardinality << n_keys < 1 << 32 else np.uint64
     place = np.concatenate([[1], np.cumprod(radix[:-1])]).astype(np.uint64)
     rank = np.cumsum(table, axis=1, dtype=np.uint64)  # rank(v) + 1 where present
     bit = np.left_shift(np.uint64(1), np.arange(n_keys, dtype=np.uint64))
-    lut = (((rank * place[:, None]) << np.uint64(n_keys)) | bit[:, None]).reshape(-1)
-    out = []
-    for i, (_, _, offsets, valid) in enumerate(parts):
-        lengths = np.diff(offsets)
-        nonempty = lengths > 0
-        codes = np.ones(len(valid), dtype=np.uint64)
-        if offsets[-1] > 0:
-            sums = _row_sums(lut[pairs[i]], offsets, lengths, nonempty)
-            seen = np.bitwise_count(sums & np.uint64((1 << n_keys) - 1))
-            if not np.array_equal(seen, lengths[nonempty]):
-                return None  # a repeated key within a row
-            codes[nonempty] += sums >> np.uint64(n_keys)
-        codes[~valid] = 0
-        out.append(codes)
-    return Encoded(np.concatenate(out) if out else np.zeros(0, dtype=np.uint64),
-                   cardinality=cardinality)
+    lut = np.where(table, ((rank * place[:, None]) << np.uint64(n_keys)) | bit[:, None], 0)
+    return lut.reshape(-1).astype(dtype), cardinality, n_keys
 
 
-def _map_children(chunk: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
-    """A map chunk's keys and items (dictionary-encoded), offsets from 0, and validity."""
-    absolute = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-    start, stop = int(absolute[0]), int(absolute[-1])
+def _map_codes(parts: Sequence[tuple[pa.Array, pa.Array, np.ndarray, np.ndarray | None]],
+               chunk_groups: Sequence[_Pairs], groups: dict[tuple[int, int], _Pairs],
+               digits: tuple[np.ndarray, int, int], buffer: np.ndarray) -> Encoded | None:
+    """The second pass: each entry's digit, summed per row; ``None`` when a row fails the
+    check (a repeated key, or a pair without a digit)."""
+    lut, cardinality, n_keys = digits
+    for group in groups.values():
+        group.lut = lut if group.local is None else lut[group.local]
+    codes = np.empty(sum(len(p[2]) - 1 for p in parts), dtype=lut.dtype)
+    gathered = np.empty(len(buffer), dtype=lut.dtype)
+    row = 0
+    for (k, v, offsets, valid), group in zip(parts, chunk_groups, strict=True):
+        n = len(offsets) - 1
+        out = codes[row:row + n]
+        row += n
+        if offsets[-1] == offsets[0]:
+            out.fill(1)
+        else:
+            assert group.lut is not None
+            ki, vi = group.indices(k, v)
+            for r, s, a, b in _blocks(offsets):
+                entries = np.take(group.lut, group.pairs(ki[a:b], vi[a:b], buffer),
+                                  out=gathered[:b - a], mode="wrap")
+                if not _row_codes(entries, offsets[r:s + 1], out[r:s], n_keys):
+                    return None
+        if valid is not None:
+            out[~valid] = 0
+    return Encoded(codes, cardinality=cardinality)
+
+
+class _Pairs:
+    """Chunk-local (key, value) pair indices for chunks sharing one pair of dictionaries."""
+
+    def __init__(self, key_codes: np.ndarray, value_codes: np.ndarray, n_values: int) -> None:
+        # One more slot on either side for null, whose code is 0.
+        self.keys = np.append(key_codes, 0).astype(np.int64)
+        self.values = np.append(value_codes, 0).astype(np.int64)
+        self.n_values = n_values
+        self.entries = 0
+        self.seen: np.ndarray | None = None  # which local pairs occur
+        self.local: np.ndarray | None = None  # local pair → global pair
+        self.lut: np.ndarray | None = None  # digit per pair index (local or global)
+
+    @property
+    def size(self) -> int:
+        return len(self.keys) * len(self.values)
+
+    def _is_local(self) -> bool:
+        # Chunk-local pairs need tables the size of the dictionaries' product: worth it
+        # unless that dwarfs the entries (dictionaries much larger than their chunks).
+        if self.local is None and self.seen is None:
+            size = self.size
+            if size < 1 << 31 and size <= max(1 << 16, 4 * self.entries):
+                self.seen = np.zeros(size, dtype=np.bool_)
+                self.local = (self.keys[:, None] * self.n_values + self.values).reshape(-1)
+            else:
+                self.local = None
+                self.seen = np.zeros(0, dtype=np.bool_)
+        return self.local is not None
+
+    def indices(self, keys: pa.Array, values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk's key and value indices into this group's dictionaries (null: the last)."""
+        return _indices(keys, len(self.keys) - 1), _indices(values, len(self.values) - 1)
+
+    def pairs(self, k: np.ndarray, v: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        """Each entry's pair index (chunk-local, or global on the fallback), in ``buffer``."""
+        out = buffer[:len(k)]
+        if self._is_local():
+            np.multiply(k, len(self.values), out=out, dtype=np.int32, casting="unsafe")
+            np.add(out, v, out=out, dtype=np.int32, casting="unsafe")
+        else:  # global pairs: two small gathers per entry
+            np.take((self.keys * self.n_values).astype(np.int32), k, out=out, mode="wrap")
+            out += np.take(self.values.astype(np.int32), v, mode="wrap")
+        return out
+
+    def count(self, pairs: np.ndarray, present: np.ndarray) -> None:
+        """Record which pairs occur."""
+        if self.local is None:
+            present[pairs] = True
+        elif self.size <= len(pairs):
+            assert self.seen is not None
+            self.seen |= np.bincount(pairs, minlength=self.size).astype(np.bool_)
+        else:
+            assert self.seen is not None
+            self.seen[pairs] = True
+
+    def mark(self, present: np.ndarray) -> None:
+        """Mark the global pairs this group's chunks hold."""
+        if self.local is not None and self.seen is not None:
+            present[self.local[self.seen]] = True
+
+
+def _indices(arr: pa.DictionaryArray, null: int) -> np.ndarray:
+    """Dictionary indices per element, ``null`` where null."""
+    if arr.null_count == 0:
+        return arr.indices.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+    if arr.null_count == len(arr):
+        return np.full(len(arr), null, dtype=np.int64)
+    indices = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False).copy()
+    indices[~arr.is_valid().to_numpy(zero_copy_only=False)] = null
+    return indices  # type: ignore[no-any-return]
+
+
+def _dictionary_codes(dictionaries: Sequence[pa.Array]
+                      ) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """Per dictionary, ``(id, code per value)``: equal dictionaries share an id, equal values
+    share a code across all of them, null's code is 0; and how many codes there are.
+
+    Each distinct dictionary (by its buffers: chunks read from one Parquet row group share
+    theirs) is coded once; strings, binaries and integers by one hash pass over all of them,
+    other types (floats: NaN, -0.0) by Python equality, as :class:`_Coder` does."""
+    ids: dict[tuple[int, int, tuple[int, ...]], int] = {}
+    distinct: list[pa.Array] = []
+    which = []
+    for d in dictionaries:
+        key = (d.offset, len(d), tuple(b.address if b is not None else 0 for b in d.buffers()))
+        if key not in ids:
+            ids[key] = len(distinct)
+            distinct.append(d)
+        which.append(ids[key])
+    if not distinct:
+        return [], 1
+    t = distinct[0].type
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_integer(t)):
+        try:
+            encoded = pc.dictionary_encode(pa.concat_arrays(distinct))
+        except (pa.ArrowInvalid, pa.ArrowCapacityError):  # over 2 GiB of strings
+            pass
+        else:
+            codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False) + 1
+            bounds = np.cumsum([0] + [len(d) for d in distinct]).tolist()
+            luts = [codes[a:b] for a, b in pairwise(bounds)]
+            return [(i, luts[i]) for i in which], len(encoded.dictionary) + 1
+    coder = _Coder()
+    luts = [coder.of_dictionary(d) for d in distinct]
+    return [(i, luts[i]) for i in which], len(coder.codes)
+
+
+_BLOCK = 1 << 17  # entries per block: a block's temporaries stay in cache
+
+
+def _blocks(offsets: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """``(first row, end row, first entry, end entry)`` of a chunk's blocks of rows, entries
+    counted from the chunk's first."""
+    n, base = len(offsets) - 1, offsets[0]
+    step = max(1, _BLOCK * n // max(1, int(offsets[-1] - base)))
+    return [(r, min(n, r + step), int(offsets[r] - base), int(offsets[min(n, r + step)] - base))
+            for r in range(0, n, step)]
+
+
+def _block_entries(offsets: np.ndarray) -> int:
+    return max((b - a for _, _, a, b in _blocks(offsets)), default=0)
+
+
+def _map_children(chunk: pa.Array
+                  ) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray | None]:
+    """A map chunk's keys and items (dictionary-encoded, from its first entry), its offsets
+    (into its child arrays) and its validity (``None``: no null)."""
+    offsets = chunk.offsets.to_numpy(zero_copy_only=False)
+    start, stop = int(offsets[0]), int(offsets[-1])
     children = [c.slice(start, stop - start) for c in (chunk.keys, chunk.items)]
     keys, items = [c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
                    for c in children]
-    return keys, items, absolute - start, chunk.is_valid().to_numpy(zero_copy_only=False)
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else None
+    return keys, items, offsets, valid
 
 
-def _lookup(arr: pa.DictionaryArray, lut: np.ndarray) -> np.ndarray:
-    """``lut[index]`` per element, 0 (null's code) where null."""
-    if arr.null_count == len(arr):
-        return np.zeros(len(arr), dtype=lut.dtype)
-    if arr.null_count:
-        codes = lut[pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)]
-        codes[~arr.is_valid().to_numpy(zero_copy_only=False)] = 0
-        return codes  # type: ignore[no-any-return]
-    return lut[arr.indices.to_numpy(zero_copy_only=False)]  # type: ignore[no-any-return]
-
-
-def _row_sums(entries: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-              nonempty: np.ndarray) -> np.ndarray:
-    """Per non-empty row, the sum of its entries (strided adds when all rows are as long)."""
-    width = int(lengths[0])
-    if width and offsets[0] == 0 and lengths.min() == lengths.max():
-        total = entries[0::width].copy()
-        for j in range(1, width):
-            total += entries[j::width]
-        return total
-    return np.add.reduceat(entries, offsets[:-1][nonempty])
+def _row_codes(entries: np.ndarray, offsets: np.ndarray, out: np.ndarray, n_keys: int) -> bool:
+    """``1 + digits`` per row into ``out`` from its entries' digits (the rows' entries, from
+    the first); ``False`` when a row fails the check (a key twice, or a pair without a
+    digit). Strided adds into ``out`` itself when all rows are as long."""
+    width = (len(entries) // (len(offsets) - 1)) if len(offsets) > 1 else 0
+    shift, mask = entries.dtype.type(n_keys), entries.dtype.type((1 << n_keys) - 1)
+    if width and width * (len(offsets) - 1) == len(entries) and not (
+            offsets[1:] - offsets[:-1] != width).any():
+        if width == 1:
+            out[...] = entries
+        else:
+            np.add(entries[0::width], entries[1::width], out=out)
+            for j in range(2, width):
+                out += entries[j::width]
+        if np.bitwise_count(out & mask).min() != width:
+            return False
+        out >>= shift
+        out += entries.dtype.type(1)
+        return True
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    sums = np.add.reduceat(entries, (offsets[:-1] - offsets[0])[nonempty])
+    if not np.array_equal(np.bitwise_count(sums & mask), lengths[nonempty]):
+        return False
+    out.fill(1)
+    out[nonempty] += sums >> shift
+    return True
 
 
 def same_rows(enc: Encoded, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -338,27 +537,73 @@ def _cardinality(enc: Encoded) -> int:
 def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
     """Group the flat columns exactly: pack codes in mixed radix (word = c0 + k0 * (c1 +
     ...)) and, when the next column would overflow the word, renumber the word densely by
-    its groups first. ``None`` when no flat column varies."""
+    its groups first. ``None`` when no flat column varies.
+
+    Before a column would take the word past what a presence table renumbers cheaply, the
+    word is renumbered and the column checked against it: a column that is a function of
+    the columns before it (a pod's labels or namespace, given its name) adds no group and is
+    left out, which keeps the word small enough that no hashing is needed. Callers put such
+    determining columns first."""
+    n = len(columns[0].codes) if columns else 0
+    cheap = 2 * n + (1 << 16)  # the widest word _dense renumbers without hashing
     word: np.ndarray | None = None
+    reps: np.ndarray | None = None  # a row per word value, while the word is dense
     radix = 1
+    packed: list[_Anchor] = []
     for enc in columns:
         if enc.entries is not None or enc.constant or _cardinality(enc) == 1:
             continue  # nested columns are verified apart; a constant column decides nothing
         codes, k = enc.codes, _cardinality(enc)
-        if 1 << 12 < k <= 2 * len(codes) + (1 << 16):
+        if any(a.determines(codes) for a in packed):
+            continue  # a function of one column already in the word: no new group
+        if word is not None and radix * k > cheap:
+            if reps is None and radix <= cheap:
+                gid, reps = _dense(word, radix)
+                word, radix = gid.astype(np.uint64), len(reps)
+            if reps is not None and np.array_equal(codes[reps][word], codes):
+                continue  # a function of the word: no new group
+        if k <= cheap:
+            packed.append(_Anchor(codes, k))
+        if 1 << 12 < k <= cheap:
             codes, k = _renumbered(codes, k)  # sparse codes (label maps): make them dense
         if word is not None and radix * k >= 1 << 63:
             gid, reps = _dense(word, radix)
             word, radix = gid.astype(np.uint64), len(reps)
             if radix * k >= 1 << 63:
-                gid, reps = _dense(codes, k)
-                codes, k = gid.astype(np.uint64), len(reps)
+                gid, distinct = _dense(codes, k)
+                codes, k = gid.astype(np.uint64), len(distinct)
         if word is None:
             word, radix = codes.astype(np.uint64), k  # a copy: added to in place below
         else:
             word += codes * np.uint64(radix)
             radix *= k
+        reps = None
     return None if word is None else _dense(word, radix)
+
+
+class _Anchor:
+    """A column packed into the word, to test whether a later column is a function of it."""
+
+    def __init__(self, codes: np.ndarray, cardinality: int) -> None:
+        self.codes, self.cardinality = codes, cardinality
+        self._rows: np.ndarray | None = None
+
+    def determines(self, other: np.ndarray) -> bool:
+        """Is ``other`` the same in every row that has the same code here? (A sample of
+        rows first, so that the usual answer, no, costs little.)"""
+        step = max(1, len(other) >> 16)
+        if not _same_per_code(self.codes[::step], other[::step], self.cardinality):
+            return False
+        if self._rows is None:  # a row per code (codes absent keep a harmless 0)
+            self._rows = np.zeros(self.cardinality, dtype=np.int64)
+            self._rows[self.codes] = np.arange(len(self.codes), dtype=np.int64)
+        return np.array_equal(other[self._rows][self.codes], other)
+
+
+def _same_per_code(codes: np.ndarray, other: np.ndarray, cardinality: int) -> bool:
+    table = np.zeros(cardinality, dtype=other.dtype)
+    table[codes] = other
+    return np.array_equal(table[codes], other)
 
 
 def factorize(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
