@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +28,7 @@ from policy.endpoints import Endpoint, Peer
 from policy.evaluate import DirectionVerdict, Evaluator, Flow
 from policy.model import Direction, NetworkSet
 from policy.rules import protocol_number
+from policy.walk import Flows, Walk
 
 __all__ = ["KEY_COLUMNS", "BatchEvaluator", "BatchResult"]
 
@@ -38,8 +39,18 @@ KEY_COLUMNS = (
     "reporter", "proto", "dest_domains", "dest_service_namespace", "dest_service_name",
     *(f"source_{c}" for c in _SIDE), *(f"dest_{c}" for c in _SIDE),
 )
+# Key columns with those that usually determine others first (a pod's name, then its
+# namespace and labels), which lets factorize leave the determined ones out.
+_FACTORIZE_ORDER = (*(f"{side}_{c}" for side in ("source", "dest")
+                      for c in ("name_aggr", "name", "namespace", "type", "labels", "ip",
+                                "port")),
+                    "reporter", "proto", "dest_domains", "dest_service_namespace",
+                    "dest_service_name")
+assert sorted(_FACTORIZE_ORDER) == sorted(KEY_COLUMNS)
 _ACTIONS = ("allow", "deny", "uncertain")
-_THREADS = min(2, os.cpu_count() or 1)
+# The CPUs this process may run on (affinity, as taskset or a container's cpuset sets it).
+_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 EndpointLookup = Callable[[str, str], Endpoint | None]
 
@@ -84,42 +95,43 @@ class BatchEvaluator:
         if missing:
             raise ValueError(f"flow table lacks columns {', '.join(missing)} (flow-log schema)")
         enc = self._encode_all(table)
-        gid, reps = keys.factorize(list(enc.values()))
+        gid, reps = keys.factorize([enc[c] for c in _FACTORIZE_ORDER])
         # Endpoint sides (type, namespace, names, labels, IP) repeat across keys: build each
         # distinct side's Endpoint once, so its label set and policy lookups are shared.
-        peers = {side: self._sides(table, enc, reps, side) for side in ("source", "dest")}
-        rows = _rows(table, _FLOW_COLUMNS, reps)
-        act = np.empty(len(reps), dtype=np.int8)
-        pact = np.empty(len(reps), dtype=np.int8)
-        enforced, pending, outcomes = [], [], []
-        rendered: dict[tuple[object, ...], list[str]] = {}
-        same_views = self.evaluator.views_identical
+        walk = Walk(self.evaluator, self._flows(table, enc, reps))
         code = {a: i for i, a in enumerate(_ACTIONS)}
-        flows = self._flows(rows, peers["source"], peers["dest"])
-        for k, (row, flow) in enumerate(zip(rows, flows, strict=True)):
-            direction = _direction(row["reporter"])
-            e = self.evaluator.direction(flow, direction, pending=False)
-            p = e if same_views else self.evaluator.direction(flow, direction, pending=True)
-            act[k] = code[e.action or "uncertain"]
-            pact[k] = code[p.action or "uncertain"]
-            trace = rendered.get(e.hits) or rendered.setdefault(e.hits, e.rendered())
-            enforced.append(trace)
-            outcomes.append(e.outcome)
-            pending.append(trace if p is e else
-                           rendered.get(p.hits) or rendered.setdefault(p.hits, p.rendered()))
+        rendered: dict[tuple[object, ...], list[str]] = {}
+
+        def decide(pending: bool) -> tuple[np.ndarray, np.ndarray, list[list[str]],
+                                           list[DirectionVerdict]]:
+            ids, verdicts = walk.verdicts(pending)
+            act = np.array([code[v.action or "uncertain"] for v in verdicts], dtype=np.int8)
+            traces = [rendered.get(v.hits) or rendered.setdefault(v.hits, v.rendered())
+                      for v in verdicts]
+            return ids, act[ids], [traces[i] for i in ids.tolist()], verdicts
+
+        ids, act, enforced, verdicts = decide(pending=False)
+        outcomes = [v.outcome for v in verdicts]
+        if self.evaluator.views_identical:
+            pact, pending = act, enforced
+        else:
+            _, pact, pending, _ = decide(pending=True)
         dictionary = pa.array(_ACTIONS)
         return BatchResult(
             action=pa.DictionaryArray.from_arrays(pa.array(act[gid]), dictionary),
             pending_action=pa.DictionaryArray.from_arrays(pa.array(pact[gid]), dictionary),
             trace_id=gid, enforced=enforced, pending=pending, keys=len(reps),
-            enforced_outcomes=outcomes,
+            enforced_outcomes=[outcomes[i] for i in ids.tolist()],
         )
 
     def _encode_all(self, table: pa.Table) -> dict[str, keys.Encoded]:
         """Key codes of every key column. numpy and Arrow release the GIL on the bulk
-        passes, so columns are encoded on two threads, the costly label maps first so that
-        they run side by side; the endpoint look-up is the caller's code and may not be
-        thread-safe, so the columns that call it are encoded on this thread meanwhile."""
+        passes, so given two CPUs columns are encoded on two threads, the costly label maps
+        first so that they run side by side; the endpoint look-up is the caller's code and
+        may not be thread-safe, so the columns that call it are encoded on this thread
+        meanwhile."""
+        if _THREADS == 1:
+            return {c: self._encode(table, c) for c in KEY_COLUMNS}
         here = ("source_name", "dest_name") if self.lookup is not None else ()
         order = sorted((c for c in KEY_COLUMNS if c not in here),
                        key=lambda c: not c.endswith("_labels"))
@@ -183,8 +195,8 @@ class BatchEvaluator:
         return pa.array(per_value).take(encoded.indices)
 
     def _sides(self, table: pa.Table, enc: Mapping[str, keys.Encoded], reps: np.ndarray,
-               side: str) -> list[Peer]:
-        """One port-less Peer per representative row, shared between equal sides."""
+               side: str) -> tuple[list[Peer], np.ndarray]:
+        """The distinct port-less Peers of one side of the keys, and each key's."""
         cols = [f"{side}_{c}" for c in _SIDE if c != "port"]
         if all(enc[c].entries is None for c in cols):  # exact codes: group on them
             inverse, first = keys.factorize([keys.Encoded(
@@ -199,27 +211,56 @@ class BatchEvaluator:
             if not all(keys.same_rows(enc[c], reps, reps[first[inverse]]).all() for c in cols):
                 first, inverse = np.arange(len(reps)), np.arange(len(reps))
         values = _rows(table, cols, reps[first])
-        distinct = [self._peer(row, side, frozenset(), frozenset()) for row in values]
-        return [distinct[i] for i in inverse]
+        return [self._peer(row, side, frozenset(), frozenset()) for row in values], inverse
 
-    def _flows(self, rows: Sequence[Mapping[str, object]], src: Sequence[Peer],
-               dst: Sequence[Peer]) -> Iterator[Flow]:
-        """Per key, the flow :meth:`_flow` builds, with the ported peers shared between keys
-        (a source peer is its side and source port; a destination peer its side, port,
-        domains and service)."""
-        sources: dict[tuple[int, object], Peer] = {}
-        dests: dict[tuple[object, ...], Peer] = {}
-        for row, s, d in zip(rows, src, dst, strict=True):
-            domains = tuple(_items(row["dest_domains"]))
-            skey = (id(s), row["source_port"])
-            dkey = (id(d), row["dest_port"], domains, row["dest_service_namespace"],
-                    row["dest_service_name"])
-            sp, dp = sources.get(skey), dests.get(dkey)
-            if sp is None or dp is None:
-                flow = self._flow(row, s, d)
-                sp = sources.setdefault(skey, flow.src)
-                dp = dests.setdefault(dkey, flow.dst)
-            yield Flow(sp, dp, _proto(row["proto"]))
+    def _flows(self, table: pa.Table, enc: Mapping[str, keys.Encoded],
+               reps: np.ndarray) -> Flows:
+        """The keys as the walk takes them, built column by column: the distinct ported
+        peers (a source peer is its side and source port; a destination peer its side, port,
+        domains and service) once each, and per key their ids, protocol and direction."""
+        taken = pa.array(reps, type=pa.int64())
+
+        def codes(column: str) -> tuple[np.ndarray, list[object]]:
+            return _codes(table[column].take(taken))
+
+        src_sides, src_side = self._sides(table, enc, reps, "source")
+        dst_sides, dst_side = self._sides(table, enc, reps, "dest")
+        domains = np.zeros(len(reps), dtype=np.int64)
+        if self.uses.domains:  # else no policy looks at them: any row's will do
+            seen: dict[tuple[object, ...], int] = {}
+            domains = np.fromiter(
+                (seen.setdefault(tuple(_items(v)), len(seen))
+                 for v in table["dest_domains"].take(taken).to_pylist()),
+                dtype=np.int64, count=len(reps))
+        src, src_first = _factorize(src_side, codes("source_port")[0])
+        dst, dst_first = _factorize(dst_side, codes("dest_port")[0], domains,
+                                    codes("dest_service_namespace")[0],
+                                    codes("dest_service_name")[0])
+        src_rows = _rows(table, _FLOW_COLUMNS, reps[src_first])
+        dst_rows = _rows(table, _FLOW_COLUMNS, reps[dst_first])
+        src_peers = [self._src_peer(row, src_sides[i]) for row, i in
+                     zip(src_rows, src_side[src_first].tolist(), strict=True)]
+        dst_peers = [self._dst_peer(row, dst_sides[i]) for row, i in
+                     zip(dst_rows, dst_side[dst_first].tolist(), strict=True)]
+        proto, protos = codes("proto")
+        reporter, reporters = codes("reporter")
+        ingress = np.array([_direction(r) is Direction.INGRESS for r in reporters],
+                           dtype=np.bool_)
+        return Flows(ingress[reporter], src, dst, proto, src_peers, dst_peers,
+                     [_proto(p) for p in protos])
+
+    @staticmethod
+    def _src_peer(row: Mapping[str, object], side: Peer) -> Peer:
+        return Peer(side.endpoint, side.ip, row.get("source_port"),  # type: ignore[arg-type]
+                    side.domains, side.services, side.network_set_names)
+
+    @staticmethod
+    def _dst_peer(row: Mapping[str, object], side: Peer) -> Peer:
+        domains = frozenset(str(d).lower() for d in _items(row.get("dest_domains")))
+        svc = (row.get("dest_service_namespace"), row.get("dest_service_name"))
+        services = frozenset() if "-" in svc or None in svc else frozenset({svc})
+        return Peer(side.endpoint, side.ip, row.get("dest_port"), domains,  # type: ignore[arg-type]
+                    services, side.network_set_names)  # type: ignore[arg-type]
 
     def peer(self, row: Mapping[str, object], side: str) -> Peer:
         """The port-less peer of one endpoint side (``source``/``dest``) of a flow-log row:
@@ -227,15 +268,7 @@ class BatchEvaluator:
         return self._peer(row, side, frozenset(), frozenset())
 
     def _flow(self, row: Mapping[str, object], src: Peer, dst: Peer) -> Flow:
-        domains = frozenset(str(d).lower() for d in _items(row.get("dest_domains")))
-        svc = (row.get("dest_service_namespace"), row.get("dest_service_name"))
-        services = frozenset() if "-" in svc or None in svc else frozenset({svc})
-        return Flow(
-            Peer(src.endpoint, src.ip, row.get("source_port"), src.domains,  # type: ignore[arg-type]
-                 src.services, src.network_set_names),
-            Peer(dst.endpoint, dst.ip, row.get("dest_port"), domains,  # type: ignore[arg-type]
-                 services, dst.network_set_names),  # type: ignore[arg-type]
-            _proto(row.get("proto")))
+        return Flow(self._src_peer(row, src), self._dst_peer(row, dst), _proto(row.get("proto")))
 
     def evaluate_row(self, row: Mapping[str, object]) -> tuple[DirectionVerdict,
                                                                 DirectionVerdict]:
@@ -306,6 +339,21 @@ def _rows(table: pa.Table, columns: Sequence[str], rows: np.ndarray) -> list[dic
     taken = pa.array(rows, type=pa.int64())
     values = [_pylist(table[c].take(taken)) for c in columns]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[object]]:
+    """Per element, an index into the returned distinct values (null among them)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    encoded = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            encoded.dictionary.to_pylist())
+
+
+def _factorize(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group ids of equal tuples of small integer codes, and a member of each group."""
+    return keys.factorize([keys.Encoded(c.astype(np.uint64), cardinality=int(c.max()) + 1
+                                        if len(c) else 1) for c in columns])
 
 
 def _pylist(column: pa.ChunkedArray) -> list[object]:

@@ -85,7 +85,7 @@ class DirectionVerdict:
         return [h.render(i) for i, h in enumerate(self.hits)]
 
 
-_UNPOLICED = DirectionVerdict("allow", (), policed=False)
+UNPOLICED = DirectionVerdict("allow", (), policed=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,7 @@ class Evaluator:
         """The verdict and trace at the policed end of ``flow`` for one direction."""
         local = flow.src if direction is Direction.EGRESS else flow.dst
         if local.endpoint is None:
-            return _UNPOLICED
+            return UNPOLICED
         tiers = self.applicable(local.endpoint.selector_labels, direction, pending=pending)
         outcomes = self._walk(tiers, direction, flow, local.endpoint.namespace)
         actions = {a for a, _ in outcomes}
@@ -185,13 +185,12 @@ class Evaluator:
         found = self._applicable.get(key)
         if found is None:
             view = self._pending if pending else self._enforced
-            candidates = self._index[pending].candidates(labels)
-            found = tuple(
-                (tier, sel) for tier, policies in view
-                if (sel := tuple(cp for cp in policies if id(cp) in candidates
-                                 and cp.selects(direction) and cp.applies_to.matches(labels)))
-            )
-            self._applicable[key] = found
+            by_tier: dict[int, list[CompiledPolicy]] = {}
+            for ti, cp in self._index[pending].candidates(labels):
+                if cp.selects(direction) and cp.applies_to.matches(labels):
+                    by_tier.setdefault(ti, []).append(cp)
+            found = self._applicable[key] = tuple(
+                (view[ti][0], tuple(cps)) for ti, cps in by_tier.items())
         return found
 
     # -- the walk ------------------------------------------------------------------------
@@ -211,7 +210,7 @@ class Evaluator:
                     rules = cp.rules(direction)
                     while ri < len(rules):
                         rule = rules[ri]
-                        m = self._match_rule(rule, flow)
+                        m = self.match_rule(rule, flow)
                         if m is None:  # unknown: explore "not matched" later
                             stack.append((ti, pi, ri + 1, hits))
                         if m is not False and rule.action is not Action.LOG:
@@ -224,31 +223,23 @@ class Evaluator:
                 if decided in (Action.ALLOW, Action.DENY):
                     outcome = decided.lower()
                 elif decided is None:
-                    hits = (*hits, _end_of_tier(tier, policies))
+                    hits = (*hits, end_of_tier(tier, policies))
                     if tier.default_action is Action.DENY:
                         outcome = "deny"
                 ti, pi, ri = ti + 1, 0, 0
             if outcome is None:
-                hits = (*hits, Hit(PROFILE_TIER, f"{PROFILE_TIER}.kns.{namespace}", "allow", 0))
+                hits = (*hits, profile_hit(namespace))
                 outcome = "allow"
             results.append((outcome, hits))
         return results
 
     # -- matching ------------------------------------------------------------------------
 
-    def _match_rule(self, rule: CompiledRule, flow: Flow) -> bool | None:
-        proto = flow.protocol
-        unknown = False
-        if rule.protocol is not None:
-            if proto is None:
-                unknown = True
-            elif proto != rule.protocol:
-                return False
-        if rule.not_protocol is not None:
-            if proto is None:
-                unknown = True
-            elif proto == rule.not_protocol:
-                return False
+    def match_rule(self, rule: CompiledRule, flow: Flow) -> bool | None:
+        m = protocol_match(rule, flow.protocol)
+        if m is False:
+            return False
+        unknown = m is None
         if rule.icmp is not None or rule.not_icmp is not None:
             m = _icmp(rule, flow)
             if m is False:
@@ -258,14 +249,16 @@ class Evaluator:
             return False
         for ent, peer, domains in ((rule.src, flow.src, False),
                                    (rule.dst, flow.dst, rule.allow_set_domains)):
-            m = self._match_entity(ent, peer, flow, domains)
+            m = self.match_entity(ent, peer, flow.protocol, domains)
             if m is False:
                 return False
             unknown |= m is None
         return None if unknown else True
 
-    def _match_entity(self, ent: CompiledEntity, peer: Peer, flow: Flow,
-                      set_domains: bool) -> bool | None:
+    def match_entity(self, ent: CompiledEntity, peer: Peer, protocol: int | None,
+                     set_domains: bool) -> bool | None:
+        """Does one side of a rule match this peer (``None``: unknown)? Besides the peer,
+        only the protocol matters (named ports resolve per protocol)."""
         unknown = False
         if ent.nets or ent.not_nets:
             if peer.ip is None:
@@ -278,7 +271,7 @@ class Evaluator:
         if ent.not_selector is not None and self._selects(ent.not_selector, peer, False):
             return False
         if ent.ports or ent.not_ports:
-            m = _ports(ent, peer, flow)
+            m = _ports(ent, peer, protocol)
             if m is False:
                 return False
             unknown |= m is None
@@ -323,25 +316,32 @@ class Evaluator:
 
 class _PolicyIndex:
     """Policies indexed by a ``label == value`` their selector requires, so that finding the
-    policies of an endpoint tests a handful of selectors, not all of them."""
+    policies of an endpoint tests a handful of selectors, not all of them. Policies are
+    numbered in walk order (tier, then policy order)."""
 
     def __init__(self, view: _View) -> None:
+        self.entries: list[tuple[int, CompiledPolicy]] = []  # walk order → (tier, policy)
         self.always: set[int] = set()
         self.by_pair: dict[tuple[str, str], set[int]] = {}
-        for _, policies in view:
+        for ti, (_, policies) in enumerate(view):
             for cp in policies:
+                n = len(self.entries)
+                self.entries.append((ti, cp))
                 required = cp.applies_to.required_equalities()
                 if not required:
-                    self.always.add(id(cp))
+                    self.always.add(n)
                 else:  # a policy can only select labels containing every required pair,
                     pair = min(required)  # so indexing it under any one of them is exact
-                    self.by_pair.setdefault(pair, set()).add(id(cp))
+                    self.by_pair.setdefault(pair, set()).add(n)
 
-    def candidates(self, labels: LabelSet) -> set[int]:
+    def candidates(self, labels: LabelSet) -> list[tuple[int, CompiledPolicy]]:
+        """``(tier, policy)`` of the policies that may select ``labels``, in walk order."""
         out = set(self.always)
         for pair in labels.items():
-            out |= self.by_pair.get(pair, set())
-        return out
+            found = self.by_pair.get(pair)
+            if found:
+                out |= found
+        return [self.entries[n] for n in sorted(out)]
 
 
 def _icmp(rule: CompiledRule, flow: Flow) -> bool | None:
@@ -358,15 +358,31 @@ def _icmp(rule: CompiledRule, flow: Flow) -> bool | None:
     return True
 
 
-def _ports(ent: CompiledEntity, peer: Peer, flow: Flow) -> bool | None:
+def protocol_match(rule: CompiledRule, proto: int | None) -> bool | None:
+    """The rule's protocol and notProtocol against a flow's protocol (``None``: unknown)."""
+    unknown = False
+    if rule.protocol is not None:
+        if proto is None:
+            unknown = True
+        elif proto != rule.protocol:
+            return False
+    if rule.not_protocol is not None:
+        if proto is None:
+            unknown = True
+        elif proto == rule.not_protocol:
+            return False
+    return None if unknown else True
+
+
+def _ports(ent: CompiledEntity, peer: Peer, protocol: int | None) -> bool | None:
     if peer.port is None:
         return None
 
     def hit(ports: tuple[object, ...]) -> bool:
         for p in ports:
             if isinstance(p, NamedPort):
-                if peer.endpoint is not None and flow.protocol is not None and \
-                        peer.endpoint.named_port(p.name, flow.protocol) == peer.port:
+                if peer.endpoint is not None and protocol is not None and \
+                        peer.endpoint.named_port(p.name, protocol) == peer.port:
                     return True
             elif p.first <= peer.port <= p.last:  # type: ignore[attr-defined]
                 return True
@@ -377,7 +393,12 @@ def _ports(ent: CompiledEntity, peer: Peer, flow: Flow) -> bool | None:
     return not (ent.not_ports and hit(ent.not_ports))
 
 
-def _end_of_tier(tier: Tier, policies: tuple[CompiledPolicy, ...]) -> Hit:
+def profile_hit(namespace: str) -> Hit:
+    """The allow of the namespace's ``kns`` profile, after the last tier."""
+    return Hit(PROFILE_TIER, f"{PROFILE_TIER}.kns.{namespace}", "allow", 0)
+
+
+def end_of_tier(tier: Tier, policies: tuple[CompiledPolicy, ...]) -> Hit:
     # Calico Enterprise names the tier's last non-staged selecting policy.
     enforced = [cp for cp in policies if not cp.policy.staged]
     cp = (enforced or list(policies))[-1]
