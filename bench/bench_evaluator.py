@@ -4,14 +4,16 @@ Generates a cluster (namespaces, workloads with app/team/fw-zone labels), a tier
 of the requested size (GlobalNetworkPolicies in a security tier with Pass, namespace
 NetworkPolicies allowing named peers on ports, Kubernetes NetworkPolicies), and flow-log
 rows aggregated per replica-set prefix (level 2) with realistic key cardinality; then times,
-in one process run on the 2-core VM (the batch evaluator encodes key columns on two threads;
-the per-row reference path is single-threaded Python):
+in one process run on the 2-core VM, pinned to one CPU and then to two (``--cpus``; given
+two, the batch evaluator encodes key columns on two threads; the per-row reference path is
+single-threaded Python):
 
 * tierflow's batch evaluator over the whole table, and
 * the per-row reference path (``Evaluator.evaluate`` for each row, what a user scripting a
   loop over ``flows.log`` would write), on a sample, as the peer the ratio is against.
 
-Usage: ``python bench/bench_evaluator.py [--rows 10000000] [--policies 10 100 1000]``
+Usage: ``python bench/bench_evaluator.py [--rows 10000000] [--policies 10 100 500 1000]
+[--cpus 1 2]``
 """
 
 from __future__ import annotations
@@ -137,8 +139,16 @@ def as_read_from_store(table: pa.Table, workdir: str) -> pa.Table:
     return pq.read_table(path, read_dictionary=strings + leaves)
 
 
-def run(rows: int, sizes: list[int], sample: int, pairs_n: int,
-        plain: bool) -> list[dict[str, float]]:
+def pin(cpus: int, allowed: list[int]) -> None:
+    """Run this process (and the threads it starts from now on) on ``cpus`` CPUs."""
+    if cpus > len(allowed):
+        raise SystemExit(f"--cpus {cpus}: only {len(allowed)} CPU(s) available")
+    os.sched_setaffinity(0, allowed[:cpus])
+    pa.set_cpu_count(cpus)
+
+
+def run(rows: int, sizes: list[int], sample: int, pairs_n: int, plain: bool,
+        cpu_counts: list[int]) -> list[dict[str, float]]:
     workloads, namespaces = cluster()
     t0 = time.perf_counter()
     table = flows(rows, workloads, pairs_n)
@@ -150,7 +160,9 @@ def run(rows: int, sizes: list[int], sample: int, pairs_n: int,
     print(f"generated {rows:,} rows over {pairs_n:,} pairs, {form}, in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     results = []
-    for n in sizes:
+    allowed = sorted(os.sched_getaffinity(0))
+    for cpus, n in ((c, n) for c in cpu_counts for n in sizes):
+        pin(cpus, allowed)
         ps = PolicySet.from_documents(load_text(policies(n, workloads), f"bench-{n}"))
         batch = BatchEvaluator(Evaluator(ps, namespaces), namespaces=namespaces)
         t0 = time.perf_counter()
@@ -164,10 +176,12 @@ def run(rows: int, sizes: list[int], sample: int, pairs_n: int,
             ref.evaluate_row(row)
         dt_ref = (time.perf_counter() - t1) / sample
         rate = rows / dt
-        results.append({"policies": len(ps.policies), "rows": rows, "keys": res.keys,
+        results.append({"cpus": cpus, "policies": len(ps.policies), "rows": rows,
+                        "keys": res.keys,
                         "seconds": dt, "rows_per_s": rate, "per_row_rows_per_s": 1 / dt_ref,
                         "ratio": rate * dt_ref})
-        print(f"{len(ps.policies):>5} policies, {pairs_n:>6,} pairs, "
+        print(f"{cpus} CPU{'s' if cpus > 1 else ' '} {len(ps.policies):>5} policies, "
+              f"{pairs_n:>6,} pairs, "
               f"{'plain' if plain else 'store'}: {rows:,} rows, {res.keys:,} distinct keys, "
               f"{dt:.2f}s = {rate / 1e6:.2f} M rows/s; per-row reference "
               f"{1 / dt_ref:,.0f} rows/s; ratio x{rate * dt_ref:,.0f}")
@@ -183,9 +197,11 @@ def main() -> None:
                     help="communicating workload pairs (key cardinality)")
     ap.add_argument("--plain", action="store_true",
                     help="keep labels as plain in-memory strings instead of the store's form")
+    ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2],
+                    help="run pinned to this many CPUs (each in turn)")
     args = ap.parse_args()
     for pairs_n in args.pairs:
-        run(args.rows, args.policies, args.sample, pairs_n, args.plain)
+        run(args.rows, args.policies, args.sample, pairs_n, args.plain, args.cpus)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,15 @@ _FACTORIZE_ORDER = (*(f"{side}_{c}" for side in ("source", "dest")
                     "dest_service_name")
 assert sorted(_FACTORIZE_ORDER) == sorted(KEY_COLUMNS)
 _ACTIONS = ("allow", "deny", "uncertain")
-# The CPUs this process may run on (affinity, as taskset or a container's cpuset sets it).
-_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
+
+
+def _threads() -> int:
+    """Up to two, as many as the CPUs this process may run on (its affinity, as taskset or
+    a container's cpuset sets it)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+    return min(2, cpus)
+
 
 EndpointLookup = Callable[[str, str], Endpoint | None]
 
@@ -130,12 +136,13 @@ class BatchEvaluator:
         first so that they run side by side; the endpoint look-up is the caller's code and
         may not be thread-safe, so the columns that call it are encoded on this thread
         meanwhile."""
-        if _THREADS == 1:
+        threads = _threads()
+        if threads == 1:
             return {c: self._encode(table, c) for c in KEY_COLUMNS}
         here = ("source_name", "dest_name") if self.lookup is not None else ()
         order = sorted((c for c in KEY_COLUMNS if c not in here),
                        key=lambda c: not c.endswith("_labels"))
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             threaded = pool.map(lambda c: self._encode(table, c), order)
             encoded = {c: self._encode(table, c) for c in here}
             encoded.update(zip(order, threaded, strict=True))

@@ -483,9 +483,7 @@ def _group(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group ids per row (by first appearance) and a row of each group, by one hash pass."""
     encoded = pc.dictionary_encode(pa.array(h))
     gid = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    reps = np.empty(len(encoded.dictionary), dtype=np.int64)
-    reps[gid] = np.arange(len(h), dtype=np.int64)  # any row of a group represents it
-    return gid, reps
+    return gid, _a_row_per_group(gid, len(encoded.dictionary))
 
 
 def _canonical(enc: Encoded) -> np.ndarray:
@@ -515,11 +513,20 @@ def _dense(word: np.ndarray, radix: int) -> tuple[np.ndarray, np.ndarray]:
         return _group(word)
     present = np.zeros(radix, dtype=np.bool_)
     present[word] = True
-    ids = np.cumsum(present, dtype=np.int32 if radix < 1 << 31 else np.int64)
-    gid = ids[word].astype(np.int64) - 1
-    reps = np.empty(int(ids[-1]) if radix else 0, dtype=np.int64)
-    reps[gid] = np.arange(n, dtype=np.int64)  # any row of a group represents it
-    return gid, reps
+    ids = np.cumsum(present, dtype=np.int64)
+    ids -= 1  # on the table, not on every row
+    gid = ids[word]
+    return gid, _a_row_per_group(gid, int(ids[-1]) + 1 if radix else 0)
+
+
+def _a_row_per_group(gid: np.ndarray, groups: int) -> np.ndarray:
+    """For each group id, one row holding it (any one; row 0 for an id no row holds), in
+    blocks: no row-sized index."""
+    reps = np.zeros(groups, dtype=np.int64)
+    for start in range(0, len(gid), _BLOCK):
+        stop = min(start + _BLOCK, len(gid))
+        reps[gid[start:stop]] = np.arange(start, stop, dtype=np.int64)
+    return reps
 
 
 def _renumbered(codes: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
@@ -559,7 +566,7 @@ def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
         if word is not None and radix * k > cheap:
             if reps is None and radix <= cheap:
                 gid, reps = _dense(word, radix)
-                word, radix = gid.astype(np.uint64), len(reps)
+                word, radix = gid.view(np.uint64), len(reps)
             if reps is not None and np.array_equal(codes[reps][word], codes):
                 continue  # a function of the word: no new group
         if k <= cheap:
@@ -575,10 +582,21 @@ def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
         if word is None:
             word, radix = codes.astype(np.uint64), k  # a copy: added to in place below
         else:
-            word += codes * np.uint64(radix)
+            _add_scaled(word, codes, radix)
             radix *= k
         reps = None
     return None if word is None else _dense(word, radix)
+
+
+def _add_scaled(word: np.ndarray, codes: np.ndarray, scale: int) -> None:
+    """``word += codes * scale`` in blocks, without a row-sized temporary."""
+    buffer = np.empty(min(_BLOCK, len(word)), dtype=np.uint64)
+    for start in range(0, len(word), _BLOCK):
+        stop = min(start + _BLOCK, len(word))
+        part = buffer[:stop - start]
+        np.multiply(codes[start:stop], np.uint64(scale), out=part, dtype=np.uint64,
+                    casting="unsafe")
+        word[start:stop] += part
 
 
 class _Anchor:
@@ -594,10 +612,12 @@ class _Anchor:
         step = max(1, len(other) >> 16)
         if not _same_per_code(self.codes[::step], other[::step], self.cardinality):
             return False
-        if self._rows is None:  # a row per code (codes absent keep a harmless 0)
-            self._rows = np.zeros(self.cardinality, dtype=np.int64)
-            self._rows[self.codes] = np.arange(len(self.codes), dtype=np.int64)
-        return np.array_equal(other[self._rows][self.codes], other)
+        if self._rows is None:
+            self._rows = _a_row_per_group(self.codes, self.cardinality)
+        per_code = other[self._rows]
+        return all(np.array_equal(per_code[self.codes[start:start + _BLOCK]],
+                                  other[start:start + _BLOCK])
+                   for start in range(0, len(other), _BLOCK))
 
 
 def _same_per_code(codes: np.ndarray, other: np.ndarray, cardinality: int) -> bool:
