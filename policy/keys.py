@@ -144,9 +144,35 @@ def encode(column: pa.ChunkedArray | pa.Array) -> Encoded:
     constant = _constant(chunks, coder)
     if constant is not None:
         return constant
-    codes = [_flat_codes(c, coder) for c in chunks]
-    return Encoded(np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint64),
-                   cardinality=len(coder.codes))
+    return _flat(chunks)
+
+
+def _flat(chunks: Sequence[pa.Array]) -> Encoded:
+    """Exact codes of a scalar column (one per distinct value, null is 0), in the narrowest
+    unsigned type that holds them, written chunk by chunk into one array."""
+    encoded = [c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
+               for c in chunks]
+    luts, cardinality = _dictionary_codes([c.dictionary for c in encoded])
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64)
+                 if cardinality <= np.iinfo(t).max)
+    narrow: dict[int, np.ndarray] = {}
+    out = np.empty(sum(len(c) for c in encoded), dtype=dtype)
+    start = 0
+    for chunk, (which, lut) in zip(encoded, luts, strict=True):
+        part = out[start:start + len(chunk)]
+        start += len(chunk)
+        if chunk.null_count == len(chunk) or not len(lut):
+            part.fill(0)
+            continue
+        table = narrow.get(which)
+        if table is None:
+            table = narrow[which] = lut.astype(dtype)
+        indices = chunk.indices if not chunk.null_count else pc.fill_null(chunk.indices, 0)
+        # Dictionary indices are in range: "wrap" only spares the bounds check.
+        np.take(table, indices.to_numpy(zero_copy_only=False), out=part, mode="wrap")
+        if chunk.null_count:
+            part[~chunk.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return Encoded(out, cardinality=cardinality)
 
 
 def _constant(chunks: Sequence[pa.Array], coder: _Coder) -> Encoded | None:

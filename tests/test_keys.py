@@ -7,6 +7,7 @@ from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -375,3 +376,29 @@ def test_a_column_that_follows_from_two_others_but_one_row_is_checked_whole() ->
     gid, _ = factorize([Encoded(c.astype(np.uint32), cardinality=int(c.max()) + 1)
                         for c in cols])
     assert _by_first_appearance(gid) == _naive(*cols)
+
+
+def test_flat_codes_are_narrow_and_exact_across_chunks() -> None:
+    """Codes take the narrowest type that holds them; plain and dictionary chunks, nulls and
+    values past each width's limit still code one value to one code."""
+    for distinct in (3, 300, 70_000):
+        values = np.arange(distinct, dtype=np.int64) * 7
+        plain = pa.array([*values.tolist(), None, 0])
+        dictionary = pa.DictionaryArray.from_arrays(  # its own dictionary, reversed
+            pa.array([0, None, distinct - 1], type=pa.int32()), pa.array(values[::-1]))
+        for chunks in ([plain, dictionary.cast(pa.int64()), pa.array([None], pa.int64())],
+                       [pc.dictionary_encode(plain), dictionary,
+                        pa.DictionaryArray.from_arrays(pa.array([None], pa.int32()),
+                                                       pa.array([], pa.int64()))]):
+            _check_flat(encode(pa.chunked_array(chunks)), distinct)
+
+
+def _check_flat(enc: Encoded, distinct: int) -> None:
+    assert enc.codes.dtype == (np.uint8 if distinct < 255 else
+                               np.uint16 if distinct < 65535 else np.uint32)
+    assert enc.cardinality == distinct + 1
+    codes = enc.codes.tolist()
+    assert codes[distinct] == codes[distinct + 3] == codes[-1] == 0  # nulls
+    assert codes[distinct + 1] == codes[0] == codes[distinct + 4]  # 0 in either chunk
+    assert codes[distinct + 2] == codes[distinct - 1]
+    assert len(set(codes[:distinct])) == distinct and 0 not in codes[:distinct]
