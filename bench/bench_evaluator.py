@@ -4,16 +4,15 @@ Generates a cluster (namespaces, workloads with app/team/fw-zone labels), a tier
 of the requested size (GlobalNetworkPolicies in a security tier with Pass, namespace
 NetworkPolicies allowing named peers on ports, Kubernetes NetworkPolicies), and flow-log
 rows aggregated per replica-set prefix (level 2) with realistic key cardinality; then times,
-in one process run on the 2-core VM, pinned to one CPU and then to two (``--cpus``; given
-two, the batch evaluator encodes key columns on two threads; the per-row reference path is
-single-threaded Python):
+in one process run on the 2-core VM, pinned to one CPU (``--cpus``; both paths are
+single-threaded):
 
 * tierflow's batch evaluator over the whole table, and
 * the per-row reference path (``Evaluator.evaluate`` for each row, what a user scripting a
   loop over ``flows.log`` would write), on a sample, as the peer the ratio is against.
 
 Usage: ``python bench/bench_evaluator.py [--rows 10000000] [--policies 10 100 500 1000]
-[--cpus 1 2]``
+[--cpus 1]``
 """
 
 from __future__ import annotations
@@ -201,7 +200,7 @@ def main() -> None:
                     help="communicating workload pairs (key cardinality)")
     ap.add_argument("--plain", action="store_true",
                     help="keep labels as plain in-memory strings instead of the store's form")
-    ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2],
+    ap.add_argument("--cpus", type=int, nargs="+", default=[1],
                     help="run pinned to this many CPUs (each in turn)")
     args = ap.parse_args()
     for pairs_n in args.pairs:

@@ -13,9 +13,7 @@ rows are decided by egress at the source, ``dst`` rows by ingress at the destina
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -48,14 +46,6 @@ _FACTORIZE_ORDER = (*(f"{side}_{c}" for side in ("source", "dest")
                     "dest_service_name")
 assert sorted(_FACTORIZE_ORDER) == sorted(KEY_COLUMNS)
 _ACTIONS = ("allow", "deny", "uncertain")
-
-
-def _threads() -> int:
-    """Up to two, as many as the CPUs this process may run on (its affinity, as taskset or
-    a container's cpuset sets it)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        os.cpu_count() or 1
-    return min(2, cpus)
 
 
 EndpointLookup = Callable[[str, str], Endpoint | None]
@@ -131,22 +121,9 @@ class BatchEvaluator:
         )
 
     def _encode_all(self, table: pa.Table) -> dict[str, keys.Encoded]:
-        """Key codes of every key column. numpy and Arrow release the GIL on the bulk
-        passes, so given two CPUs columns are encoded on two threads, the costly label maps
-        first so that they run side by side; the endpoint look-up is the caller's code and
-        may not be thread-safe, so the columns that call it are encoded on this thread
-        meanwhile."""
-        threads = _threads()
-        if threads == 1:
-            return {c: self._encode(table, c) for c in KEY_COLUMNS}
-        here = ("source_name", "dest_name") if self.lookup is not None else ()
-        order = sorted((c for c in KEY_COLUMNS if c not in here),
-                       key=lambda c: not c.endswith("_labels"))
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            threaded = pool.map(lambda c: self._encode(table, c), order)
-            encoded = {c: self._encode(table, c) for c in here}
-            encoded.update(zip(order, threaded, strict=True))
-        return {c: encoded[c] for c in KEY_COLUMNS}
+        """Key codes of every key column (one thread: with label maps coded per chunk-local
+        pair, a second thread no longer pays for itself)."""
+        return {c: self._encode(table, c) for c in KEY_COLUMNS}
 
     def _encode(self, table: pa.Table, column: str) -> keys.Encoded:
         """Key codes of ``column``, coarsened where no policy can tell values apart: source
