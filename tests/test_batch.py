@@ -7,6 +7,8 @@ verdict and hit list must equal what the reference evaluation of that row alone 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,18 +112,25 @@ def _evaluator() -> BatchEvaluator:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows, min_size=1, max_size=40))
 def test_batch_matches_per_row_reference(flow_rows: list[dict]) -> None:
+    assert_batch_equals_reference(flow_rows, _evaluator)
+
+
+def assert_batch_equals_reference(flow_rows: list[dict],
+                                  make: Callable[[], BatchEvaluator]) -> None:
+    """Every row's enforced and pending verdict, hit list and whole (uncertain) outcome
+    from one batch evaluation equal the reference evaluation of that row alone."""
     table = pa.Table.from_pylist(flow_rows, schema=SCHEMA)
-    batch = _evaluator()
-    result = batch.evaluate(table)
+    result = make().evaluate(table)
     enforced = result.enforced_policies().to_pylist()
     pending = result.pending_policies().to_pylist()
-    reference = _evaluator()
+    reference = make()
     for i, row in enumerate(table.to_pylist()):
         e, p = reference.evaluate_row(row)
         assert result.action[i].as_py() == (e.action or "uncertain"), row
         assert result.pending_action[i].as_py() == (p.action or "uncertain"), row
         assert enforced[i] == e.rendered(), row
         assert pending[i] == p.rendered(), row
+        assert result.enforced_outcomes[result.trace_id[i]] == e.outcome, row
 
 
 def test_batch_distinct_keys_and_chunks() -> None:
@@ -265,18 +274,7 @@ def _rich_evaluator() -> BatchEvaluator:
 @given(st.lists(rich_rows, min_size=1, max_size=60))
 def test_batch_walk_matches_per_row_reference_on_every_rule_feature(
         flow_rows: list[dict]) -> None:
-    table = pa.Table.from_pylist(flow_rows, schema=SCHEMA)
-    result = _rich_evaluator().evaluate(table)
-    enforced = result.enforced_policies().to_pylist()
-    pending = result.pending_policies().to_pylist()
-    reference = _rich_evaluator()
-    for i, row in enumerate(table.to_pylist()):
-        e, p = reference.evaluate_row(row)
-        assert result.action[i].as_py() == (e.action or "uncertain"), row
-        assert result.pending_action[i].as_py() == (p.action or "uncertain"), row
-        assert enforced[i] == e.rendered(), row
-        assert pending[i] == p.rendered(), row
-        assert result.enforced_outcomes[result.trace_id[i]] == e.outcome, row
+    assert_batch_equals_reference(flow_rows, _rich_evaluator)
 
 
 def test_the_rich_sample_reaches_every_outcome() -> None:
