@@ -84,11 +84,15 @@ class Endpoint:
     ips: tuple[IpAddress, ...] = ()
     generate_name: str | None = None
     _selector_labels: LabelSet | None = field(default=None, compare=False, repr=False)
+    _hash: int | None = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         # Endpoints key the evaluator's caches; hash the identity and labels only (equal
-        # endpoints still hash equal) so that a lookup does not walk every field.
-        return hash((self.namespace, self.name, self.labels))
+        # endpoints still hash equal), once, so that a lookup does not walk every field.
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.namespace, self.name, self.labels)))
+        assert self._hash is not None
+        return self._hash
 
     @property
     def selector_labels(self) -> LabelSet:

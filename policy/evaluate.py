@@ -145,6 +145,7 @@ class Evaluator:
         self.views_identical = policy_set.enforced() == policy_set.pending()
         self._index = {False: _PolicyIndex(self._enforced), True: _PolicyIndex(self._pending)}
         self._applicable: dict[tuple[int, LabelSet, Direction], _View] = {}
+        self._views: dict[tuple[object, ...], _View] = {}
         self._sel_cache: dict[tuple[Selector, LabelSet], bool] = {}
         self._peer_sets: dict[tuple[object, ...], tuple[tuple[LabelSet, ...], tuple[LabelSet,
                                                                                      ...]]] = {}
@@ -189,8 +190,11 @@ class Evaluator:
             for ti, cp in self._index[pending].candidates(labels):
                 if cp.selects(direction) and cp.applies_to.matches(labels):
                     by_tier.setdefault(ti, []).append(cp)
-            found = self._applicable[key] = tuple(
-                (view[ti][0], tuple(cps)) for ti, cps in by_tier.items())
+            found = tuple((view[ti][0], tuple(cps)) for ti, cps in by_tier.items())
+            # One object per distinct view, so that endpoints meeting the same policies can
+            # be told by identity (the batch walk groups keys by it).
+            shape = tuple((ti, tuple(id(cp) for cp in cps)) for ti, cps in by_tier.items())
+            found = self._applicable[key] = self._views.setdefault((pending, shape), found)
         return found
 
     # -- the walk ------------------------------------------------------------------------

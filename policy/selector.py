@@ -22,7 +22,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 from functools import lru_cache
 from typing import Protocol
@@ -458,6 +458,14 @@ class Selector:
     """
 
     _root: _Node
+    _hash: int | None = field(default=None, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        # Selectors key the evaluator's caches: hash the tree once, not on every look-up.
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(self._root))
+        assert self._hash is not None
+        return self._hash
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when the selector selects an object with exactly these labels."""

@@ -87,7 +87,8 @@ class Walk:
         self._sides: dict[tuple[int, bool, bool], np.ndarray] = {}
         self._protos: dict[int, np.ndarray] = {}
         self._nodes: list[tuple[Hit, ...]] = [()]  # traces, as a trie of hits
-        self._children: dict[tuple[int, Hit], int] = {}
+        self._children: dict[tuple[int, int], int] = {}  # (node, id of the hit) → node
+        self._hits: dict[tuple[object, ...], Hit] = {}
 
     def verdicts(self, pending: bool) -> tuple[np.ndarray, list[DirectionVerdict]]:
         """Per flow, an index into the returned verdicts (one per distinct decision)."""
@@ -187,12 +188,13 @@ class Walk:
             undecided = self._tier(group.direction, tier, policies, members, live,
                                    outcome, trace, handed)
             if len(undecided):
-                trace[undecided] = self._extend(trace[undecided], end_of_tier(tier, policies))
+                trace[undecided] = self._extend(trace[undecided],
+                                                self._end_hit(tier, policies))
                 if tier.default_action is Action.DENY:
                     outcome[undecided] = _DENY
             live = live[(outcome[live] < 0) & ~handed[live]]
         if len(live):
-            trace[live] = self._extend(trace[live], profile_hit(group.namespace))
+            trace[live] = self._extend(trace[live], self._profile_hit(group.namespace))
             outcome[live] = _ALLOW
         return outcome, trace, handed
 
@@ -217,8 +219,7 @@ class Walk:
                 if not hit.any():
                     continue
                 at = undecided[hit]
-                trace[at] = self._extend(trace[at], Hit(
-                    tier.name, cp.hit_name, rule.action.lower(), rule.index, cp.policy))
+                trace[at] = self._extend(trace[at], self._rule_hit(tier, cp, rule))
                 if rule.action is Action.ALLOW:
                     outcome[at] = _ALLOW
                 elif rule.action is Action.DENY:
@@ -226,16 +227,41 @@ class Walk:
                 undecided = undecided[~hit]  # Pass: on to the next tier
         return undecided
 
+    # One Hit object per distinct hit, so that the trie is keyed by identity.
+
+    def _rule_hit(self, tier: Tier, cp: CompiledPolicy, rule: CompiledRule) -> Hit:
+        hit = self._hits.get((id(rule), id(cp)))
+        if hit is None:
+            hit = self._hits[(id(rule), id(cp))] = Hit(
+                tier.name, cp.hit_name, rule.action.lower(), rule.index, cp.policy)
+        return hit
+
+    def _end_hit(self, tier: Tier, policies: tuple[CompiledPolicy, ...]) -> Hit:
+        hit = self._hits.get((tier.name, id(policies)))
+        if hit is None:
+            hit = self._hits[(tier.name, id(policies))] = end_of_tier(tier, policies)
+        return hit
+
+    def _profile_hit(self, namespace: str) -> Hit:
+        hit = self._hits.get((namespace,))
+        if hit is None:
+            hit = self._hits[(namespace,)] = profile_hit(namespace)
+        return hit
+
     def _extend(self, parents: np.ndarray, hit: Hit) -> np.ndarray:
+        """The trace nodes ``parents`` followed by ``hit``."""
+        first = int(parents[0])
+        if (parents == first).all():  # the usual case: one trace so far
+            return np.full(len(parents), self._child(first, hit), dtype=np.int64)
         distinct, inverse = np.unique(parents, return_inverse=True)
         children = np.fromiter((self._child(p, hit) for p in distinct.tolist()),
                                dtype=np.int64, count=len(distinct))
         return children[inverse.reshape(-1)]
 
     def _child(self, parent: int, hit: Hit) -> int:
-        child = self._children.get((parent, hit))
+        child = self._children.get((parent, id(hit)))
         if child is None:
-            child = self._children[(parent, hit)] = len(self._nodes)
+            child = self._children[(parent, id(hit))] = len(self._nodes)
             self._nodes.append((*self._nodes[parent], hit))
         return child
 
