@@ -95,11 +95,14 @@ class Preview:
 
 
 def evaluation_input(con: duckdb.DuckDBPyConnection, window: Window,
-                     namespaces: Sequence[str] | None = None) -> pa.Table:
+                     namespaces: Sequence[str] | None = None, *,
+                     recorded_pending: bool = True) -> pa.Table:
     """The window's records summed per evaluation key (``sql/preview_records.sql``); with
-    ``namespaces``, only records with an end in one of them."""
+    ``namespaces``, only records with an end in one of them. Without ``recorded_pending``
+    (which only :func:`reevaluate` reads) records are not told apart by their recorded
+    pending trace, and the column is null: fewer groups, and a quarter less time."""
     params = {**window.parameters(), "pruned": namespaces is not None,
-              "namespaces": list(namespaces or [])}
+              "namespaces": list(namespaces or []), "with_pending": recorded_pending}
     return query(con, sql_text("preview_records"), params)  # type: ignore[arg-type]
 
 
@@ -131,7 +134,8 @@ def preview(con: duckdb.DuckDBPyConnection, window: Window, current: PolicySet,
     evaluated, and when only namespaced policies change, records with no end in their
     namespaces are not even read."""
     inventory = inventory or Inventory()
-    table = evaluation_input(con, window, _namespaces(changed) if only_changed else None)
+    table = evaluation_input(con, window, _namespaces(changed) if only_changed else None,
+                             recorded_pending=False)
     n = table.num_rows
     records = int(pc.sum(table["records"]).as_py() or 0)
     before_batch = _batch(_enforced_only(current), inventory)
