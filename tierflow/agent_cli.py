@@ -13,19 +13,17 @@ import click
 from ingest.agent import Agent
 from ingest.flows import Aggregation
 from ingest.store import Store
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 from tierflow.store_cli import flow_builder
 
 
 @cli.command()
-@click.option("--store", required=True, type=click.Path(file_okay=False),
-              help="Store directory (created if missing; a host path or a mounted bucket).")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
-              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output "
-              "(repeatable); reloaded when it changes.")
-@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
-              help="Policy files or directories in force (repeatable); reloaded when they "
-              "change.")
+@options.store("Store directory (created if missing; a host path or a mounted bucket).",
+               exists=False)
+@options.inventories(f"{options.INVENTORY}; reloaded when it changes.")
+@options.policies("Policy files or directories in force (repeatable); reloaded when they "
+                  "change.")
 @click.option("--source", type=click.Choice(["conntrack", "packets"]), default="conntrack",
               show_default=True, help="conntrack: the kernel's table over ctnetlink; "
               "packets: sniffed frames, for nodes without conntrack.")

@@ -16,15 +16,14 @@ from analytics.db import connect, query
 from analytics.preview import evaluation_input, reevaluate
 from analytics.report import render_report
 from analytics.window import Window
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies
 from tierflow.render import OUTPUTS, emit
 
-_STORE = click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
-                      help="Store directory.")
-_SINCE = click.option("--since", default=None, help="Window start: 24h, 7d, or an ISO time "
-                      "[default: the first record].")
-_UNTIL = click.option("--until", default=None, help="Window end [default: the last record].")
+_STORE = options.store()
+_SINCE = options.since()
+_UNTIL = options.until()
 _OUTPUT = click.option("--output", type=click.Choice(OUTPUTS), default="table",
                        show_default=True)
 
@@ -36,11 +35,9 @@ _OUTPUT = click.option("--output", type=click.Choice(OUTPUTS), default="table",
 @click.option("--tier", default=None, help="Only this tier.")
 @click.option("--policy", default=None, help="Only policies with this name (short or "
               "namespace/name).")
-@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
-              help="The policies in force: evaluation order, unused rules, endpoints each "
-              "policy applies to (repeatable).")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
-              help="Namespace labels for counting the endpoints policies apply to.")
+@options.policies("The policies in force: evaluation order, unused rules, endpoints each "
+                  "policy applies to (repeatable).")
+@options.inventories("Namespace labels for counting the endpoints policies apply to.")
 @click.option("--unused", is_flag=True, help="Only rules with no hit in the window "
               "(needs --policies).")
 @click.option("--staged", is_flag=True, help="Re-evaluate the window's records with the "

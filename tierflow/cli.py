@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from policy import PolicyError
-from tierflow import commands, config
+from tierflow import commands, config, options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,10 +50,9 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 
 @cli.command()
-@click.option("--policies", "policies", multiple=True, required=True, type=click.Path(),
-              help="Policy files or directories (repeatable; several paths after one flag too).")
-@click.option("--inventory", "inventories", multiple=True, required=True, type=click.Path(),
-              help="kubectl get namespaces,pods,serviceaccounts -A -o json output (repeatable).")
+@options.policies("Policy files or directories (repeatable; several paths after one flag "
+                  "too).", required=True, exists=False)
+@options.inventories(required=True, exists=False)
 @click.option("--probes", type=click.File("r"), help="JSON lines of probes ('-' for stdin).")
 @click.option("--matrix", is_flag=True, help="Print the pod-to-pod reachability truth table.")
 @click.option("--port", type=click.IntRange(0, 65535), default=80, show_default=True,

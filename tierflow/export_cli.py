@@ -21,6 +21,7 @@ import click
 from analytics.window import Window
 from ingest.calico_export import export_calico
 from ingest.store import Store
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 
 
@@ -30,11 +31,9 @@ def export() -> None:
 
 
 @export.command("calico")
-@click.option("--store", required=True, type=click.Path(file_okay=False),
-              help="Store directory.")
-@click.option("--since", default=None, help="Window start: 24h, 7d, or an ISO time "
-              "[default: the first record].")
-@click.option("--until", default=None, help="Window end [default: the last record].")
+@options.store(exists=False)
+@options.since()
+@options.until()
 @click.option("--out", default="-", show_default=True, type=click.Path(allow_dash=True),
               help="File to write ('-' for stdout); replaced atomically.")
 @domain_errors

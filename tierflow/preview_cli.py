@@ -17,6 +17,7 @@ from analytics.report import column, html_table, render_report
 from analytics.window import Window
 from ingest.store import Store
 from policy.changes import Change, apply_changes
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies, read_policy_documents
 from tierflow.render import OUTPUTS, emit
@@ -28,22 +29,18 @@ _TABLE_COLUMNS = ("change", "reporter", "source_namespace", "source_name_aggr",
 
 
 @cli.command("preview")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Store directory.")
-@click.option("--policies", "policies", multiple=True, required=True,
-              type=click.Path(exists=True), help="The policies in force (repeatable).")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
-              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output: "
-              "service accounts, named ports and namespace labels (repeatable).")
+@options.store()
+@options.policies("The policies in force (repeatable).", required=True)
+@options.inventories(f"{options.INVENTORY}: service accounts, named ports and namespace "
+                     "labels.")
 @click.option("--change", "change_files", multiple=True, type=click.Path(exists=True),
               help="Documents to create or update (repeatable); a staged policy is previewed "
               "as if enforced.")
 @click.option("--delete", "deletes", multiple=True, metavar="KIND/[NS/]NAME",
               help="An object to delete, e.g. NetworkPolicy/storefront/default.dmz "
               "(repeatable).")
-@click.option("--since", default=None, help="Window start: 24h, 7d, or an ISO time "
-              "[default: the first record].")
-@click.option("--until", default=None, help="Window end [default: the last record].")
+@options.since()
+@options.until()
 @click.option("--only-changed", is_flag=True,
               help="Only flows whose verdict changes or cannot be decided (uncertain).")
 @click.option("--output", type=click.Choice(OUTPUTS), default="table", show_default=True)

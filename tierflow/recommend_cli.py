@@ -17,6 +17,7 @@ from analytics.window import Window
 from recommend.engine import FORMATS, Recommendation, Request, recommend
 from recommend.plan import SCOPES
 from recommend.report import html_page, markdown
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import load_inventory, load_policies
 
@@ -24,22 +25,19 @@ __all__ = ["recommend_command"]
 
 
 @cli.command("recommend")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Store directory.")
-@click.option("--policies", "policies", multiple=True, required=True, type=click.Path(),
-              help="The policies in force (files or directories, repeatable): tiers in front "
-              "of the recommendation in the replay, network sets, existing names.")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(),
-              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output "
-              "(repeatable): workloads' pods and labels, other pods, the DNS workload.")
+@options.store()
+@options.policies("The policies in force (files or directories, repeatable): tiers in front "
+                  "of the recommendation in the replay, network sets, existing names.",
+                  required=True, exists=False)
+@options.inventories(f"{options.INVENTORY}: workloads' pods and labels, other pods, the DNS "
+                     "workload.", exists=False)
 @click.option("--namespace", default=None, help="Recommend for this namespace.")
 @click.option("--workload", default=None, help="Only workloads whose replica-set prefix "
               "starts with this (e.g. frontend).")
 @click.option("--all-namespaces", is_flag=True, help="Recommend for every namespace but "
               "kube-*, calico-* and tigera-* (Calico's default; name them with --namespace).")
-@click.option("--since", default="24h", show_default=True,
-              help="Lookback: a duration (30m, 24h, 7d) or an ISO time.")
-@click.option("--until", default=None, help="Window end [default: now].")
+@options.since("Lookback: a duration (30m, 24h, 7d) or an ISO time.", default="24h")
+@options.until("Window end [default: now].")
 @click.option("--scope", type=click.Choice(SCOPES), default="workload", show_default=True,
               help="One policy per workload, or per namespace as Calico Enterprise does.")
 @click.option("--tier", default=None, help="Tier of the policies [default: default; "

@@ -18,6 +18,7 @@ import click
 
 from ingest.store import StoreError
 from tierflow import config as cfg
+from tierflow import options
 from tierflow.batch import RunSettings, RunSummary, run_batch
 from tierflow.cli import cli, domain_errors
 
@@ -39,14 +40,10 @@ def _use_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
               expose_value=False, callback=_use_config,
               help="tierflow.toml: the sources, steps and settings of the run (as "
               "`tierflow --config`) [default: $TIERFLOW_CONFIG, else ./tierflow.toml].")
-@click.option("--store", required=True, type=click.Path(file_okay=False),
-              help="Store directory (created if missing) [config: store].")
-@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
-              help="Policies in force: traces of captures and snapshots, the tiers in front "
-              "of recommendations (repeatable) [config: policies].")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
-              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output "
-              "(repeatable) [config: inventory].")
+@options.store("Store directory (created if missing) [config: store].", exists=False)
+@options.policies("Policies in force: traces of captures and snapshots, the tiers in front "
+                  "of recommendations (repeatable) [config: policies].")
+@options.inventories(f"{options.INVENTORY} [config: inventory].")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Where the dated folders (OUT/YYYY-MM-DD/) go [config: run.out].")
 @click.option("--date", "day", default="today", show_default=True,

@@ -24,6 +24,7 @@ from ingest.compact import compact_store
 from ingest.flows import Aggregation
 from ingest.jobs import IngestSummary, ingest_calico, ingest_conntrack, ingest_pcap
 from ingest.store import Store
+from tierflow import options
 from tierflow.cli import cli, domain_errors
 from tierflow.inputs import flow_builder
 from tierflow.render import emit
@@ -35,14 +36,10 @@ __all__ = ["compact", "flow_builder", "ingest", "sql"]
 @cli.command()
 @click.argument("source", type=click.Choice(["pcap", "calico", "conntrack"]))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--store", required=True, type=click.Path(file_okay=False),
-              help="Store directory (created if missing).")
-@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True),
-              help="kubectl get namespaces,pods,services,serviceaccounts -A -o json output "
-              "(repeatable; snapshots at different times are all used).")
-@click.option("--policies", "policies", multiple=True, type=click.Path(exists=True),
-              help="Policy documents in force, to compute action and policy traces "
-              "(repeatable). Network sets among them type IPs as 'ns'.")
+@options.store("Store directory (created if missing).", exists=False)
+@options.inventories(f"{options.INVENTORY}; snapshots at different times are all used.")
+@options.policies("Policy documents in force, to compute action and policy traces "
+                  "(repeatable). Network sets among them type IPs as 'ns'.")
 @click.option("--aggregation", type=click.IntRange(0, 3), default=None,
               help="Aggregation level for allowed and denied flows alike.")
 @click.option("--aggregation-allowed", type=click.IntRange(0, 3), default=2, show_default=True)
@@ -119,7 +116,7 @@ def _progress(tty: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 @cli.command()
 @click.argument("sql")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@options.store()
 @click.option("--output", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="json: one object per row.")
 @domain_errors
@@ -130,7 +127,7 @@ def sql(sql: str, store: str, output: str) -> None:
 
 
 @cli.command()
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@options.store()
 @click.option("--target-rows", type=click.IntRange(1), default=5_000_000, show_default=True,
               help="Merge an hour's files into files of at most this many rows.")
 @click.option("--wait", type=float, default=None)
