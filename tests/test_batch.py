@@ -17,6 +17,13 @@ from policy import Evaluator, PolicySet, load_text
 from policy.batch import KEY_COLUMNS, BatchEvaluator
 from policy.endpoints import Endpoint, NamedPortDef
 
+PUBLIC_SET = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: public, labels: {type: public}}
+spec: {nets: [8.0.0.0/8]}
+"""
+
 POLICIES = """
 apiVersion: projectcalico.org/v3
 kind: Tier
@@ -35,11 +42,7 @@ spec:
   - {action: Deny, destination: {selector: "type == 'public'"}}
   - {action: Pass}
 ---
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkSet
-metadata: {name: public, labels: {type: public}}
-spec: {nets: [8.0.0.0/8]}
----
+""" + PUBLIC_SET + """---
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {name: default.web, namespace: shop}
@@ -231,11 +234,7 @@ spec:
   tier: platform
   selector: app == 'api'
 ---
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkSet
-metadata: {name: public, labels: {type: public}}
-spec: {nets: [8.0.0.0/8]}
----
+""" + PUBLIC_SET + """---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkSet
 metadata: {name: partners, labels: {type: partners}}
