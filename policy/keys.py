@@ -578,6 +578,8 @@ def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
     left out, which keeps the word small enough that no hashing is needed. Callers put such
     determining columns first."""
     n = len(columns[0].codes) if columns else 0
+    if n == 0:
+        return None
     cheap = 2 * n + (1 << 16)  # the widest word _dense renumbers without hashing
     word: np.ndarray | None = None
     reps: np.ndarray | None = None  # a row per word value, while the word is dense

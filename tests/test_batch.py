@@ -292,3 +292,12 @@ def test_the_rich_sample_reaches_every_outcome() -> None:
                  "|security|security.guard|pass|-1", "|platform|platform.api|deny|-1",
                  "|__PROFILE__|__PROFILE__.kns.shop|allow|0"):
         assert any(h.endswith(part) for h in hits), (part, sorted(hits))
+
+
+def test_an_empty_table_and_unpoliced_rows() -> None:
+    empty = _rich_evaluator().evaluate(pa.Table.from_pylist([], schema=SCHEMA))
+    assert (empty.keys, len(empty.action), empty.enforced_policies().to_pylist()) == (0, 0, [])
+    # Neither end a workload: nothing polices the flow, no trace.
+    row = _row(SIDES[4], SIDES[3], "src", "tcp", 80, None, None)
+    result = _rich_evaluator().evaluate(pa.Table.from_pylist([row], schema=SCHEMA))
+    assert result.action.to_pylist() == ["allow"] and result.enforced_policies().to_pylist() == [[]]

@@ -402,3 +402,10 @@ def _check_flat(enc: Encoded, distinct: int) -> None:
     assert codes[distinct + 1] == codes[0] == codes[distinct + 4]  # 0 in either chunk
     assert codes[distinct + 2] == codes[distinct - 1]
     assert len(set(codes[:distinct])) == distinct and 0 not in codes[:distinct]
+
+
+def test_no_rows_in_several_columns() -> None:
+    columns = [pa.array([], type=LABELS), pa.array([], type=pa.string()),
+               pa.array([], type=pa.int32())]
+    gid, reps = factorize([encode(c) for c in columns])
+    assert len(gid) == 0 and len(reps) == 0
