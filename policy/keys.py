@@ -570,7 +570,7 @@ def _cardinality(enc: Encoded) -> int:
 def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
     """Group the flat columns exactly: pack codes in mixed radix (word = c0 + k0 * (c1 +
     ...)) and, when the next column would overflow the word, renumber the word densely by
-    its groups first. ``None`` when no flat column varies.
+    its groups first. ``None`` when no flat column varies (or there are no rows).
 
     Before a column would take the word past what a presence table renumbers cheaply, the
     word is renumbered and the column checked against it: a column that is a function of
@@ -578,42 +578,57 @@ def _packed(columns: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray] | None:
     left out, which keeps the word small enough that no hashing is needed. Callers put such
     determining columns first."""
     n = len(columns[0].codes) if columns else 0
-    if n == 0:
-        return None
-    cheap = 2 * n + (1 << 16)  # the widest word _dense renumbers without hashing
-    word: np.ndarray | None = None
-    reps: np.ndarray | None = None  # a row per word value, while the word is dense
-    radix = 1
-    packed: list[_Anchor] = []
+    word = _Word(n)
     for enc in columns:
-        if enc.entries is not None or enc.constant or _cardinality(enc) == 1:
-            continue  # nested columns are verified apart; a constant column decides nothing
-        codes, k = enc.codes, _cardinality(enc)
-        if any(a.determines(codes) for a in packed):
-            continue  # a function of one column already in the word: no new group
-        if word is not None and radix * k > cheap:
-            if reps is None and radix <= cheap:
-                gid, reps = _dense(word, radix)
-                word, radix = gid.view(np.uint64), len(reps)
-            if reps is not None and np.array_equal(codes[reps][word], codes):
-                continue  # a function of the word: no new group
-        if k <= cheap:
-            packed.append(_Anchor(codes, k))
-        if 1 << 12 < k <= cheap:
+        if n and enc.entries is None and not enc.constant and _cardinality(enc) > 1:
+            word.add(enc.codes, _cardinality(enc))  # nested columns are verified apart
+    return word.groups()
+
+
+class _Word:
+    """The mixed-radix word of the flat columns packed so far."""
+
+    def __init__(self, n: int) -> None:
+        self.cheap = 2 * n + (1 << 16)  # the widest word _dense renumbers without hashing
+        self.word: np.ndarray | None = None
+        self.radix = 1
+        self.reps: np.ndarray | None = None  # a row per word value, while the word is dense
+        self.anchors: list[_Anchor] = []
+
+    def follows(self, codes: np.ndarray, k: int) -> bool:
+        """Is the column a function of one column already packed, or of the word (checked
+        only where packing it would make the word too wide to renumber cheaply)?"""
+        if any(a.determines(codes) for a in self.anchors):
+            return True
+        if self.word is None or self.radix * k <= self.cheap:
+            return False
+        if self.reps is None and self.radix <= self.cheap:
+            gid, self.reps = _dense(self.word, self.radix)
+            self.word, self.radix = gid.view(np.uint64), len(self.reps)
+        return self.reps is not None and np.array_equal(codes[self.reps][self.word], codes)
+
+    def add(self, codes: np.ndarray, k: int) -> None:
+        if self.follows(codes, k):
+            return  # no new group
+        if k <= self.cheap:
+            self.anchors.append(_Anchor(codes, k))
+        if 1 << 12 < k <= self.cheap:
             codes, k = _renumbered(codes, k)  # sparse codes (label maps): make them dense
-        if word is not None and radix * k >= 1 << 63:
-            gid, reps = _dense(word, radix)
-            word, radix = gid.astype(np.uint64), len(reps)
-            if radix * k >= 1 << 63:
+        if self.word is not None and self.radix * k >= 1 << 63:
+            gid, reps = _dense(self.word, self.radix)
+            self.word, self.radix = gid.astype(np.uint64), len(reps)
+            if self.radix * k >= 1 << 63:
                 gid, distinct = _dense(codes, k)
                 codes, k = gid.astype(np.uint64), len(distinct)
-        if word is None:
-            word, radix = codes.astype(np.uint64), k  # a copy: added to in place below
+        if self.word is None:
+            self.word, self.radix = codes.astype(np.uint64), k  # a copy: added to in place
         else:
-            _add_scaled(word, codes, radix)
-            radix *= k
-        reps = None
-    return None if word is None else _dense(word, radix)
+            _add_scaled(self.word, codes, self.radix)
+            self.radix *= k
+        self.reps = None
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.word is None else _dense(self.word, self.radix)
 
 
 def _add_scaled(word: np.ndarray, codes: np.ndarray, scale: int) -> None:
