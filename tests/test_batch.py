@@ -118,16 +118,18 @@ def test_batch_matches_per_row_reference(flow_rows: list[dict]) -> None:
     assert_batch_equals_reference(flow_rows, _evaluator)
 
 
-def assert_batch_equals_reference(flow_rows: list[dict],
-                                  make: Callable[[], BatchEvaluator]) -> None:
+def assert_batch_equals_reference(flow_rows: list[dict], make: Callable[[], BatchEvaluator],
+                                  table: pa.Table | None = None) -> None:
     """Every row's enforced and pending verdict, hit list and whole (uncertain) outcome
-    from one batch evaluation equal the reference evaluation of that row alone."""
-    table = pa.Table.from_pylist(flow_rows, schema=SCHEMA)
+    from one batch evaluation (of ``table``, by default the rows in the flow-log schema)
+    equal the reference evaluation of that row alone."""
+    if table is None:
+        table = pa.Table.from_pylist(flow_rows, schema=SCHEMA)
     result = make().evaluate(table)
     enforced = result.enforced_policies().to_pylist()
     pending = result.pending_policies().to_pylist()
     reference = make()
-    for i, row in enumerate(table.to_pylist()):
+    for i, row in enumerate(pa.Table.from_pylist(flow_rows, schema=SCHEMA).to_pylist()):
         e, p = reference.evaluate_row(row)
         assert result.action[i].as_py() == (e.action or "uncertain"), row
         assert result.pending_action[i].as_py() == (p.action or "uncertain"), row

@@ -507,24 +507,4 @@ def test_batch_matches_reference_on_chunked_dictionary_tables(
             i = chunk.schema.get_field_index(name)
             chunk = chunk.set_column(i, name, pc.dictionary_encode(chunk[name]))
         chunks.append(chunk)
-    table = pa.concat_tables(chunks)
-    result = make().evaluate(table)
-    enforced = result.enforced_policies().to_pylist()
-    pending = result.pending_policies().to_pylist()
-    reference = make()
-    for i, row in enumerate(flow_rows):
-        e, p = reference.evaluate_row(row)
-        assert result.action[i].as_py() == (e.action or "uncertain"), row
-        assert result.pending_action[i].as_py() == (p.action or "uncertain"), row
-        assert enforced[i] == e.rendered(), row
-        assert pending[i] == p.rendered(), row
-        assert result.enforced_outcomes[result.trace_id[i]] == e.outcome, row
-
-
-def test_random_tables_use_the_shared_schema() -> None:
-    """The rows built here fit the flow-log schema test_batch uses (a sanity check)."""
-    row = _row({"type": "wep", "namespace": "shop", "name": "-", "name_aggr": "web-*",
-                "labels": [("app", "web")], "ip": None},
-               {"type": "net", "namespace": "-", "name": "-", "name_aggr": "pub",
-                "labels": None, "ip": "8.8.8.8"}, "src", "tcp", 443, None, None)
-    assert pa.Table.from_pylist([row], schema=SCHEMA).num_rows == 1
+    assert_batch_equals_reference(flow_rows, make, pa.concat_tables(chunks))
