@@ -83,8 +83,9 @@ class Endpoint:
     named_ports: tuple[NamedPortDef, ...] = ()
     ips: tuple[IpAddress, ...] = ()
     generate_name: str | None = None
-    _selector_labels: LabelSet | None = field(default=None, compare=False, repr=False)
-    _hash: int | None = field(default=None, compare=False, repr=False)
+    _selector_labels: LabelSet | None = field(default=None, init=False, compare=False,
+                                              repr=False)
+    _hash: int | None = field(default=None, init=False, compare=False, repr=False)
 
     def __hash__(self) -> int:
         # Endpoints key the evaluator's caches; hash the identity and labels only (equal

@@ -458,7 +458,7 @@ class Selector:
     """
 
     _root: _Node
-    _hash: int | None = field(default=None, compare=False, repr=False)
+    _hash: int | None = field(default=None, init=False, compare=False, repr=False)
 
     def __hash__(self) -> int:
         # Selectors key the evaluator's caches: hash the tree once, not on every look-up.
